@@ -1,0 +1,10 @@
+"""lowbit: post-training quantization of causal language models."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .formats import FormatSpec  # noqa: E402
+from .recipes import Recipe, load_preset  # noqa: E402
+from .quantize import quantize_model  # noqa: E402
+
+__all__ = ["FormatSpec", "Recipe", "load_preset", "quantize_model", "__version__"]

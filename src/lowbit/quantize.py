@@ -1,0 +1,112 @@
+"""The one verb: quantize a model in place with a recipe.
+
+Calibration-free recipes (RTN) visit each target linear once. Recipes whose rounder needs
+calibration statistics go through ``pipeline`` (block by block).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .algorithms.registry import rounder_for
+from .arch import ArchMap, arch_for, blocks_of, get_module, set_module
+from .formats import FormatError
+from .modules import QuantLinear
+from .recipes import Recipe
+
+
+class NonFiniteWeightError(ValueError):
+    pass
+
+
+@dataclass
+class QuantizationReport:
+    recipe: dict
+    arch: str
+    layers: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe, "arch": self.arch, "seconds": self.seconds, "layers": self.layers}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One linear to quantize: full name, block index and block-relative path."""
+    name: str
+    block: int
+    path: str
+
+
+def linear_weight(module: nn.Module, conv1d: bool) -> torch.Tensor:
+    """The weight as ``(out, in)``: transformers' Conv1D stores ``(in, out)``."""
+    return module.weight.t() if conv1d else module.weight
+
+
+def find_targets(model: nn.Module, recipe: Recipe, arch: ArchMap | None = None) -> list[Target]:
+    arch = arch or arch_for(model)
+    targets = []
+    for i, _ in enumerate(blocks_of(model, arch)):
+        for path in arch.linears:
+            name = f"{arch.blocks}.{i}.{path}"
+            if get_module(model, name) is None or recipe.is_ignored(name):
+                continue
+            targets.append(Target(name, i, path))
+    return targets
+
+
+def check_targets(model: nn.Module, recipe: Recipe, targets: list[Target], arch: ArchMap) -> None:
+    """Fail before any work: every target fits its format and holds only finite numbers."""
+    for t in targets:
+        w = linear_weight(get_module(model, t.name), arch.conv1d)
+        recipe.format_for(t.name).check_fits(*w.shape, name=t.name)
+        if not torch.isfinite(w).all():
+            bad = (~torch.isfinite(w)).sum().item()
+            raise NonFiniteWeightError(f"{t.name}: weight holds {bad} NaN/Inf values")
+
+
+def quantize_linear(module: nn.Module, recipe: Recipe, name: str, conv1d: bool, stats=None):
+    """Round one linear with the recipe's rounder; returns the QuantLinear and its stats row."""
+    step = recipe.rounder
+    entry = rounder_for(step.to_dict()["method"])
+    spec = recipe.format_for(name)
+    start = time.perf_counter()
+    w = linear_weight(module, conv1d).detach()
+    qw = entry.fn(w, spec, step, stats)
+    deq = qw.dequantize(torch.float32)
+    err = (deq - w.float()).pow(2).mean().item()
+    q = QuantLinear.from_quantized(qw, getattr(module, "bias", None))
+    row = {"name": name, "shape": list(w.shape), "format": spec.label(), "weight_mse": err,
+           "seconds": round(time.perf_counter() - start, 4), **qw.stats}
+    return q, row
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, recipe: Recipe, progress: bool = True) -> QuantizationReport:
+    """Replace every target linear of ``model`` (in place) by a QuantLinear."""
+    if recipe.needs_calibration:
+        raise ValueError(f"recipe {recipe.name!r} needs calibration data: use lowbit.pipeline")
+    arch = arch_for(model)
+    targets = find_targets(model, recipe, arch)
+    if not targets:
+        raise FormatError("no layer to quantize: every target is ignored or missing")
+    check_targets(model, recipe, targets, arch)
+    report = QuantizationReport(recipe.to_dict(), arch.name)
+    start = time.perf_counter()
+    for t in tqdm(targets, desc=f"quantize ({recipe.method})", unit="layer", disable=not progress):
+        q, row = quantize_linear(get_module(model, t.name), recipe, t.name, arch.conv1d)
+        set_module(model, t.name, q)
+        report.layers.append(row)
+    report.seconds = round(time.perf_counter() - start, 3)
+    _record(model, recipe)
+    return report
+
+
+def _record(model: nn.Module, recipe: Recipe) -> None:
+    model.lowbit_recipe = recipe
+
+

@@ -1,0 +1,4 @@
+from .presets import load_preset, preset_names
+from .recipe import Recipe, matches
+
+__all__ = ["Recipe", "load_preset", "matches", "preset_names"]
