@@ -14,12 +14,13 @@ from tqdm.auto import tqdm
 
 from .algorithms.registry import rounder_for
 from .arch import ArchMap, arch_for, blocks_of, get_module, set_module
+from .errors import InputError
 from .formats import FormatError
 from .modules import QuantLinear
 from .recipes import Recipe
 
 
-class NonFiniteWeightError(ValueError):
+class NonFiniteWeightError(InputError):
     pass
 
 

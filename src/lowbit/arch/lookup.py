@@ -5,6 +5,8 @@ import warnings
 
 from torch import nn
 
+from ..errors import InputError
+
 from .archmap import ArchMap, LinearGroup
 from .tables import ARCH_TABLE
 
@@ -12,7 +14,7 @@ _BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "transf
                 "gpt_neox.layers", "model.language_model.layers")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     pass
 
 

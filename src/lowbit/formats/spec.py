@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..errors import InputError
+
 SUPPORTED_INT_BITS = (2, 3, 4, 8)
 PER_CHANNEL = -1
 PER_TENSOR = 0
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """A format that cannot be built, or a tensor that does not fit one."""
 
 
