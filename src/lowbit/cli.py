@@ -1,0 +1,222 @@
+"""The ``lowbit`` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import LowbitError
+
+DEFAULT_OUT_ROOT = "lowbit-out"
+
+
+class _Group(click.Group):
+    """Turns user-caused errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LowbitError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted: nothing was written", fg="red", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lowbit")
+def main():
+    """lowbit: quantize causal language models, measure what they kept, save them where
+    serving engines load them.
+
+    \b
+    Quick start (offline, built-in SmolLM2-135M):
+      lowbit quantize                 # W4 g64, before/after table, saved under ./lowbit-out/
+      lowbit inspect lowbit-out/smollm2-135m-w4a16-rtn
+      lowbit generate lowbit-out/smollm2-135m-w4a16-rtn "The capital of France is"
+    """
+
+
+def _auto_eval_text() -> str:
+    from importlib.util import find_spec
+    return "builtin:lee" if find_spec("gensim") else "builtin:pydoc"
+
+
+def _slug(source: str) -> str:
+    name = source.split(":", 1)[1] if source.startswith("builtin:") else Path(source.rstrip("/")).name
+    return name.removesuffix(".gguf").replace("/", "-") or "model"
+
+
+@main.command()
+@click.argument("model", required=False, default=None)
+@click.option("--preset", help="Named recipe (see `lowbit presets`), e.g. w4a16-rtn, w3a16-rtn, w8a16-rtn.")
+@click.option("--recipe", "recipe_file", type=click.Path(), help="Recipe YAML file.")
+@click.option("--method", help="Rounder: rtn (default) or gptq once available.")
+@click.option("--bits", type=int, help="Weight bits: 2, 3, 4 or 8.")
+@click.option("--group-size", type=int, help="Group size along the input dim; -1 per-channel, 0 per-tensor.")
+@click.option("--sym/--asym", default=None, help="Symmetric (no zero point) or asymmetric.")
+@click.option("--clip/--no-clip", default=None, help="Search a clipping ratio per group (RTN default: on).")
+@click.option("--calib", default="builtin:pydoc", show_default=True,
+              help="Calibration text for methods that need it: builtin:pydoc, a .txt/.jsonl file, hf:wikitext2, ...")
+@click.option("--n-samples", default=128, show_default=True, help="Calibration windows.")
+@click.option("--seqlen", default=512, show_default=True, help="Tokens per calibration/evaluation window.")
+@click.option("--out", type=click.Path(), help="Output directory [default: ./lowbit-out/<model>-<recipe>].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "compressed-tensors", "native"]),
+              help="Checkpoint layout; auto = compressed-tensors where it can express the scheme.")
+@click.option("--eval", "eval_text", default="auto", show_default=True,
+              help="Evaluation text (builtin:lee, builtin:pydoc, a file, hf:...), 'auto' (lee if gensim is "
+                   "installed, else pydoc) or 'none'.")
+@click.option("--eval-windows", default=24, show_default=True, help="Evaluation windows; 0 = all.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, calib, n_samples, seqlen,
+             out, overwrite, fmt, eval_text, eval_windows, dry_run, quiet):
+    """Quantize MODEL (a Hugging Face id, a local directory, a .gguf file or builtin:smollm2-135m,
+    the default) and save it; evaluate before/after unless --eval none."""
+    from .io import check_output_dir, save
+    from .quantize import quantize_model
+    from .recipes.build import build_recipe
+    from .sources import DEFAULT_MODEL, load_model
+
+    model = model or DEFAULT_MODEL
+    recipe = build_recipe(preset, recipe_file, method, bits, group_size, sym, clip)
+    out = Path(out or Path(DEFAULT_OUT_ROOT) / f"{_slug(model)}-{recipe.name}")
+    check_output_dir(out, overwrite)
+    eval_text = _auto_eval_text() if eval_text == "auto" else eval_text
+    click.echo(f"model   {model}\nrecipe  {recipe.name}: {recipe.method}, {recipe.format.label()}, "
+               f"ignore {list(recipe.ignore)}\noutput  {out}")
+    if dry_run:
+        click.echo("dry run: nothing loaded or written")
+        return
+    progress = not quiet
+    float_model, tokenizer = load_model(model)
+    windows = None
+    if eval_text != "none":
+        from .data.text import load_text
+        from .data.windows import eval_windows as make_windows
+        windows = make_windows(tokenizer, load_text(eval_text), seqlen, max_windows=eval_windows or None)
+    calib_ids = None
+    if recipe.needs_calibration:
+        from .data.text import load_text
+        from .data.windows import calibration_windows
+        calib_ids = calibration_windows(tokenizer, load_text(calib), n_samples, seqlen)
+    qmodel = copy.deepcopy(float_model) if windows is not None else float_model
+    start = time.perf_counter()
+    report = quantize_model(qmodel, recipe, calib=calib_ids, progress=progress) if calib_ids is not None \
+        else quantize_model(qmodel, recipe, progress=progress)
+    quant_s = time.perf_counter() - start
+    click.echo(f"quantized {len(report.layers)} layers in {quant_s:.1f} s")
+    save(qmodel, tokenizer, out, format=fmt, overwrite=overwrite)
+    click.echo(f"saved   {out}")
+    summary = {"model": model, "recipe": recipe.to_dict(), "quantization": report.to_dict(),
+               "quant_s": round(quant_s, 2)}
+    if windows is not None:
+        summary["evaluation"] = _before_after(float_model, qmodel, windows, out, eval_text, progress)
+    from .eval import write_report
+    write_report(out, summary)
+    click.echo(f"report  {out / 'report.md'}")
+
+
+def _before_after(float_model, qmodel, windows, out, eval_text, progress) -> dict:
+    from .eval import bits_per_weight, checkpoint_size_mb, evaluate, format_table
+    fp = evaluate(float_model, windows, progress=progress)
+    q = evaluate(qmodel, windows, reference=float_model, progress=progress)
+    fp_bytes = sum(p.numel() * p.element_size() for p in float_model.parameters())
+    rows = [
+        {"model": "float", "ppl": fp.ppl, "kl": 0.0, "top1": 1.0, "size_mb": fp_bytes / 2**20,
+         "bits_per_weight": 8.0 * next(float_model.parameters()).element_size()},
+        {"model": "quantized", "ppl": q.ppl, "kl": q.kl, "top1": q.top1,
+         "size_mb": checkpoint_size_mb(out), "bits_per_weight": bits_per_weight(qmodel)},
+    ]
+    click.echo(f"\n{eval_text}: {q.windows} windows, {q.tokens} predicted tokens")
+    click.echo(format_table(rows))
+    return {"text": eval_text, "windows": q.windows, "tokens": q.tokens, "rows": rows}
+
+
+@main.command("eval")
+@click.argument("path")
+@click.option("--text", default="auto", show_default=True, help="Evaluation text source.")
+@click.option("--seqlen", default=512, show_default=True)
+@click.option("--windows", "n_windows", default=0, show_default=True, help="Windows to evaluate; 0 = all.")
+@click.option("--reference", help="Float model to compare against (KL, top-1).")
+@click.option("--quiet", is_flag=True)
+def eval_cmd(path, text, seqlen, n_windows, reference, quiet):
+    """Perplexity of PATH (a lowbit/compressed-tensors checkpoint or any model source) on TEXT,
+    with KL and top-1 agreement against --reference."""
+    from .data.text import load_text
+    from .data.windows import eval_windows
+    from .eval import evaluate, format_table
+    model, tokenizer = _load_any(path)
+    text = _auto_eval_text() if text == "auto" else text
+    windows = eval_windows(tokenizer, load_text(text), seqlen, max_windows=n_windows or None)
+    ref = _load_any(reference)[0] if reference else None
+    r = evaluate(model, windows, reference=ref, progress=not quiet)
+    click.echo(f"{text}: {r.windows} windows, {r.tokens} predicted tokens")
+    click.echo(format_table([{"model": path, "ppl": r.ppl, "kl": r.kl, "top1": r.top1}]))
+
+
+def _load_any(path: str):
+    """A saved quantized checkpoint through lowbit.load, anything else through the model sources."""
+    from .io import is_quantized_checkpoint, load
+    from .sources import load_model
+    return load(path) if is_quantized_checkpoint(path) else load_model(path)
+
+
+@main.command()
+@click.argument("path")
+def inspect(path):
+    """Format, bits per weight and a per-layer table of a saved checkpoint."""
+    from .io import inspect_checkpoint
+    info = inspect_checkpoint(path)
+    layers = info.pop("layers", [])
+    for k, v in info.items():
+        click.echo(f"{k:16} {v}")
+    if layers:
+        keys = list(layers[0])
+        widths = [max(len(str(k)), *(len(str(r[k])) for r in layers)) for k in keys]
+        click.echo("\n" + "  ".join(str(k).ljust(w) for k, w in zip(keys, widths)))
+        for r in layers:
+            click.echo("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
+
+
+@main.command()
+@click.argument("path")
+@click.argument("prompt")
+@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option("--chat/--no-chat", default=None, help="Wrap the prompt in the tokenizer's chat template "
+              "[default: when the tokenizer has one].")
+def generate(path, prompt, max_new_tokens, chat):
+    """Greedy generation from PATH (quantized checkpoint or model source) for PROMPT."""
+    import torch
+    model, tokenizer = _load_any(path)
+    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    if use_chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    click.echo(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+@main.command()
+def presets():
+    """List the named recipes."""
+    from .recipes import load_preset, preset_names
+    for name in preset_names():
+        r = load_preset(name)
+        click.echo(f"{name:20} {r.method:10} {r.format.label()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
