@@ -87,10 +87,22 @@ def quantize_linear(module: nn.Module, recipe: Recipe, name: str, conv1d: bool, 
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, recipe: Recipe, progress: bool = True) -> QuantizationReport:
-    """Replace every target linear of ``model`` (in place) by a QuantLinear."""
+def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool = True,
+                   **pipeline_options) -> QuantizationReport:
+    """Replace every target linear of ``model`` (in place) by a QuantLinear.
+
+    Recipes that need calibration (GPTQ) take ``calib``, token ids ``(n, seq)``, and go through
+    ``lowbit.pipeline.quantize_with_calibration`` (``pipeline_options``: device, batch_size,
+    true_sequential, offload_hidden); the others ignore ``calib``.
+    """
     if recipe.needs_calibration:
-        raise ValueError(f"recipe {recipe.name!r} needs calibration data: use lowbit.pipeline")
+        if calib is None:
+            raise InputError(f"recipe {recipe.name!r} ({recipe.method}) needs calibration data: "
+                             f"pass calib= token ids (n_samples, seqlen)")
+        from .pipeline import quantize_with_calibration
+        return quantize_with_calibration(model, recipe, calib, progress=progress, **pipeline_options)
+    if pipeline_options:
+        raise TypeError(f"options {sorted(pipeline_options)} only apply to calibrated recipes")
     arch = arch_for(model)
     targets = find_targets(model, recipe, arch)
     if not targets:

@@ -36,3 +36,4 @@ def rounder_for(method: str) -> RounderEntry:
 
 def _load_builtin() -> None:
     from . import rtn_step  # noqa: F401  (registers "rtn")
+    from . import gptq_step  # noqa: F401  (registers "gptq")

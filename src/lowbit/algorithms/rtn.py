@@ -11,9 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import FormatSpec
-from ..formats.integer import (
-    dequantize_blocks, qparams_from_range, quantize_blocks, scale_dtype, to_blocks,
-)
+from ..formats.integer import qparams_from_range, quantize_blocks, scale_dtype, to_blocks
 from .quantized_weight import QuantizedWeight
 
 
@@ -37,24 +35,50 @@ def search_block_range(
     """Best (min, max) per block of ``blocks (rows, n, block)`` and the chosen shrink ratio.
 
     ``importance (block,)`` or broadcastable weights the error per input position (e.g. an
-    activation magnitude); None weighs every weight equally.
+    activation magnitude); None weighs every weight equally. Ties keep the larger ratio, so
+    the search never picks a clipped range that is merely as good as the full one.
     """
     b = blocks.float()
     wmin, wmax = b.amin(-1), b.amax(-1)
     best_err = torch.full(wmin.shape, float("inf"), device=b.device)
     best_ratio = torch.ones_like(wmin)
+    work = torch.empty_like(b)
     for ratio in torch.linspace(1.0, clip.min_ratio, clip.grid).tolist():
-        lo, hi = wmin * ratio, wmax * ratio
-        scale, zero = qparams_from_range(lo, hi, spec, dtype)
-        err = (dequantize_blocks(quantize_blocks(b, scale, zero, spec), scale, zero, spec) - b)
-        err = err.abs_().pow_(clip.norm)
-        if importance is not None:
-            err = err * importance
-        err = err.sum(-1)
+        scale, zero = qparams_from_range(wmin * ratio, wmax * ratio, spec, dtype)
+        err = block_error(b, scale, zero, spec, clip.norm, importance, out=work)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
     return wmin * best_ratio, wmax * best_ratio, best_ratio
+
+
+def block_error(
+    b: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec: FormatSpec,
+    norm: float = 2.0, importance: torch.Tensor | None = None, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``sum |ŵ - w|^norm`` per block of float32 ``b (rows, n, block)``: quantize + dequantize fused.
+
+    The search's inner loop, so it works in place in float32 on one buffer: clamping
+    ``round(w / s)`` to ``[-zero, qmax - zero]`` is the same as clamping the codes to
+    ``[0, qmax]``, without ever forming them. A float32 quotient may round a near-tie the
+    other way than the final (float64) codes do; that moves an error by ~1e-7 of a step.
+    """
+    s = scale.float().unsqueeze(-1)
+    t = torch.div(b, s, out=out).round_()
+    if zero is None:
+        mid = 1 << (spec.bits - 1)
+        t.clamp_(-mid, spec.qmax - mid)
+    else:
+        z = zero.float().unsqueeze(-1)
+        torch.clamp(t, min=-z, max=spec.qmax - z, out=t)
+    t.mul_(s).sub_(b)
+    if norm == 2:
+        t.square_()
+    else:
+        t.abs_().pow_(norm)
+    if importance is not None:
+        t.mul_(importance)
+    return t.sum(-1)
 
 
 def rtn(w: torch.Tensor, spec: FormatSpec, clip: ClipSearch | None = None) -> QuantizedWeight:

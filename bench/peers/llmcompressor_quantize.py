@@ -1,0 +1,165 @@
+"""Quantize SmolLM2 with llm-compressor, one recipe per process; runs in the peer's own venv.
+
+Never imports lowbit (this venv does not have it). For one recipe of ``PEER_RECIPES`` it loads
+the float model exactly as shared/BENCHMARK.md says (GGUF through transformers, float32), times
+llm-compressor's ``oneshot``, saves a compressed-tensors checkpoint with llm-compressor's own
+``save_pretrained``, and writes ``bench.json`` beside it (timing, peak RSS, versions, setting).
+Evaluation happens elsewhere, in lowbit's venv, with the same evaluator for every tool.
+
+    python llmcompressor_quantize.py --list
+    python llmcompressor_quantize.py --recipe w4a16-rtn --gguf PATH --out DIR
+
+One process per recipe, so that peak RSS is that recipe's alone. Later peer methods (GPTQ,
+AWQ, SmoothQuant) are new rows of ``PEER_RECIPES``: a setting and a function that builds the
+llm-compressor modifiers (and says whether it needs the calibration windows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class PeerRecipe:
+    """One llm-compressor run: the setting as the results schema names it, and its modifiers."""
+
+    name: str
+    method: str
+    bits: int
+    group_size: int
+    sym: bool
+    build: Callable[["PeerRecipe"], list]
+    acts: str = "a16"
+    needs_calibration: bool = False
+
+
+def weight_scheme(r: PeerRecipe) -> dict:
+    """QuantizationModifier's ``config_groups`` for int weight-only quantization of every Linear."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    strategy = "group" if r.group_size > 0 else "channel"
+    weights = QuantizationArgs(num_bits=r.bits, type="int", symmetric=r.sym, strategy=strategy,
+                               group_size=r.group_size if r.group_size > 0 else None, dynamic=False)
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+
+
+def rtn_modifiers(r: PeerRecipe) -> list:
+    # QuantizationModifier with the default (min-max) weight observer is llm-compressor's
+    # round-to-nearest: no calibration data touches weight-only schemes.
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    return [QuantizationModifier(config_groups=weight_scheme(r), ignore=["lm_head"])]
+
+
+PEER_RECIPES: list[PeerRecipe] = [
+    PeerRecipe("w4a16-rtn", "rtn", 4, 64, False, rtn_modifiers),
+    PeerRecipe("w4a16-rtn-sym", "rtn", 4, 64, True, rtn_modifiers),
+    PeerRecipe("w3a16-rtn", "rtn", 3, 64, False, rtn_modifiers),
+    PeerRecipe("w8a16-rtn", "rtn", 8, -1, True, rtn_modifiers),
+]
+BY_NAME = {r.name: r for r in PEER_RECIPES}
+
+
+def peak_rss_gib() -> float:
+    # ru_maxrss is in KiB on Linux: the high-water mark of this process's resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {"llmcompressor": version("llmcompressor"),
+            "llmcompressor.compressed-tensors": version("compressed-tensors"),
+            "llmcompressor.transformers": version("transformers"),
+            "llmcompressor.torch": version("torch")}
+
+
+def load_fp(gguf: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model.eval(), tokenizer
+
+
+def present_as_float(model, directory: Path) -> None:
+    """Make the dense float32 model look like the float checkpoint it is, for ``oneshot``.
+
+    transformers records ``quantization_config: {quant_method: gguf}`` on a model it loaded from
+    a GGUF although it dequantized every weight, and oneshot refuses "already quantized" models;
+    it also re-reads ``config.json`` from ``name_or_path``, which a GGUF's directory lacks.
+    """
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    model.config.name_or_path = str(directory)
+
+
+def quantize(recipe: PeerRecipe, gguf: Path, out: Path, threads: int | None) -> dict:
+    import torch
+    from llmcompressor import oneshot
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model, tokenizer = load_fp(gguf)
+    load_s = time.perf_counter() - t0
+    if recipe.needs_calibration:
+        raise NotImplementedError(f"{recipe.name}: calibrated peer recipes come with their issue")
+    present_as_float(model, out.with_name(out.name + ".fp-config"))
+    start = time.perf_counter()
+    oneshot(model=model, recipe=recipe.build(recipe), pipeline="datafree")
+    quant_s = time.perf_counter() - start
+    rss_after_quant = peak_rss_gib()
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, save_compressed=True)
+    tokenizer.save_pretrained(tmp)
+    meta = {
+        "tool": "llmcompressor", "recipe": recipe.name, "method": recipe.method,
+        "bits": recipe.bits, "group_size": recipe.group_size, "sym": recipe.sym,
+        "acts": recipe.acts, "quant_s": round(quant_s, 3), "load_s": round(load_s, 3),
+        "peak_rss_gib": round(peak_rss_gib(), 3), "peak_rss_quant_gib": round(rss_after_quant, 3),
+        "threads": torch.get_num_threads(), "versions": versions(), "gguf": str(gguf),
+    }
+    (tmp / "bench.json").write_text(json.dumps(meta, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    shutil.rmtree(out.with_name(out.name + ".fp-config"), ignore_errors=True)
+    return meta
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--list", action="store_true", help="print the recipe table as JSON and exit")
+    ap.add_argument("--recipe", choices=sorted(BY_NAME))
+    ap.add_argument("--gguf", type=Path, help="SmolLM2 GGUF file")
+    ap.add_argument("--out", type=Path, help="checkpoint directory to write")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    if a.list:
+        print(json.dumps([{k: v for k, v in vars(r).items() if k != "build"} for r in PEER_RECIPES]))
+        return 0
+    if not (a.recipe and a.gguf and a.out):
+        ap.error("--recipe, --gguf and --out are required")
+    meta = quantize(BY_NAME[a.recipe], a.gguf, a.out, a.threads)
+    print(json.dumps(meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

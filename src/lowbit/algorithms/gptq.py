@@ -1,0 +1,207 @@
+"""GPTQ (Frantar et al., 2022): round one weight matrix column by column, pushing each column's
+rounding error onto the columns not yet rounded, weighted by the inverse Hessian of the inputs.
+
+A pure function of ``W (out, in)``, the Hessian ``H = 2 X Xᵀ / n (in, in)`` of the layer's
+inputs and a format spec; it knows nothing of models. ``HessianAccumulator`` builds ``H`` from
+batches of inputs. All Hessian arithmetic is float32 with TF32 off: the Cholesky factor of a
+badly conditioned ``H`` is where precision is lost first.
+
+Act-order uses static groups only: every group's scale and zero are fixed from the original
+(unpermuted) weights before the columns are permuted, so a group keeps contiguous columns and
+the checkpoint needs no ``g_idx``. The price is that group ranges do not see the error that
+earlier columns pushed into them.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from ..formats import FormatSpec
+from ..formats.integer import dequantize, qparams_from_range, scale_dtype, to_blocks
+from .quantized_weight import QuantizedWeight
+from .rtn import ClipSearch, search_block_range
+
+
+class HessianError(InputError):
+    """The Hessian stayed not positive definite after the bounded number of dampening retries."""
+
+
+@dataclass(frozen=True)
+class GPTQParams:
+    """What the pure function needs (the recipe step ``GPTQConfig`` carries the same fields).
+
+    ``damp``: fraction of the mean Hessian diagonal added to the diagonal; ``damp_retries``: how
+    many times a failed Cholesky is retried with ten times more dampening.
+    """
+
+    block_size: int = 128
+    damp: float = 0.01
+    damp_retries: int = 4
+    act_order: bool = False
+    static_groups: bool = False
+    clip: ClipSearch | None = None
+
+    def __post_init__(self):
+        if self.block_size < 1 or not self.damp > 0 or self.damp_retries < 0:
+            raise ValueError(f"invalid GPTQ parameters: block_size {self.block_size}, damp "
+                             f"{self.damp}, damp_retries {self.damp_retries}")
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n Σ x xᵀ`` over batches of inputs ``x (..., in)``, in float32."""
+
+    def __init__(self, in_features: int, device=None):
+        self.sum_xxt = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        with fp32_highest():
+            xf = x.to(self.sum_xxt.device, torch.float32)
+            self.sum_xxt.addmm_(xf.t(), xf)
+        self.n += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        if self.n == 0:
+            raise InputError("no calibration inputs reached this layer: its Hessian is empty")
+        return self.sum_xxt * (2.0 / self.n)
+
+
+@contextlib.contextmanager
+def fp32_highest():
+    """Full float32 matmuls (no TF32 on CUDA) for the duration of the block."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def output_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
+    """Mean over inputs of ``‖(W − Q) x‖²``, i.e. ``tr(D H Dᵀ) / 2`` with ``D = W − Q``."""
+    with fp32_highest():
+        D = (W.float() - Q.float())
+        return float(((D @ H) * D).sum() / 2)
+
+
+def _group_params(W: torch.Tensor, spec: FormatSpec, dtype, clip: ClipSearch | None):
+    """Scale and zero of every block of ``W (out, in)``, each ``(rows, n_blocks)``."""
+    blocks = to_blocks(W, spec)
+    if clip is None:
+        lo, hi = blocks.amin(-1), blocks.amax(-1)
+    else:
+        lo, hi, _ = search_block_range(blocks, spec, clip, dtype)
+    return qparams_from_range(lo, hi, spec, dtype)
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float, retries: int, name: str):
+    """Upper Cholesky factor of ``(H + λI)⁻¹`` with λ = damp · mean(diag H); returns it and damp."""
+    mean_diag = torch.mean(torch.diag(H))
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for _ in range(retries + 1):
+        L, info = torch.linalg.cholesky_ex(H + (damp * mean_diag) * eye)
+        if info.item() == 0 and torch.isfinite(L).all():
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info.item() == 0 and torch.isfinite(U).all():
+                return U, damp
+        damp *= 10
+    raise HessianError(
+        f"{name}: Hessian is not positive definite even with dampening {damp / 10:g} "
+        f"(after {retries} retries); check the calibration inputs for NaN/Inf or raise damp")
+
+
+def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams = GPTQParams(),
+         name: str = "weight") -> QuantizedWeight:
+    """Quantize ``W (out, in)`` given ``H (in, in)``; returns codes, scale, zero and stats.
+
+    Stats: ``proxy_err`` (mean ‖(W − Ŵ)x‖² under the undamped H), ``proxy_err_rel`` (over
+    mean ‖Wx‖²), ``damp`` (the dampening that worked), ``dead_inputs`` and ``seconds``.
+    """
+    start = time.perf_counter()
+    out_f, in_f = W.shape
+    spec.check_fits(out_f, in_f, name=name)
+    if H.shape != (in_f, in_f):
+        raise InputError(f"{name}: Hessian shape {tuple(H.shape)} does not match in_features {in_f}")
+    if spec.group_size == 0:
+        raise InputError(f"{name}: GPTQ needs per-group or per-channel scales, not per-tensor")
+    group = spec.group_size if spec.group_size > 0 else in_f
+    dtype = scale_dtype(spec, W.dtype)
+    with fp32_highest():
+        W0 = W.detach().float()
+        H0 = H.detach().float()
+        W = W0.clone()
+        H = H0.clone()
+        # An input that is always zero carries no information: its weights are free, so set
+        # them to zero and give H a unit diagonal there to keep it invertible.
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+
+        # Static params (per-channel, or groups fixed up front) come from the weights before any
+        # error has been pushed into them; dynamic groups are set when their first column comes.
+        static = spec.group_size < 0 or params.static_groups or params.act_order
+        n_groups = in_f // group
+        scale = torch.empty(out_f, n_groups, dtype=dtype, device=W.device)
+        zero = None if spec.sym else torch.empty(out_f, n_groups, dtype=torch.int32, device=W.device)
+        if static:
+            s, z = _group_params(W, spec, dtype, params.clip)
+            scale.copy_(s)
+            if zero is not None:
+                zero.copy_(z)
+        # Copies read by the column loop (the stored scale may be bf16/fp16): codes are rounded
+        # from a float64 quotient, as lowbit.formats.integer rounds them, so ties break the same
+        # way; the dequantized value is formed in float32, as dequantize forms it.
+        scale_d = scale.double()
+        zero_d = zero.double() if zero is not None else torch.full_like(scale_d, 1 << (spec.bits - 1))
+        scale_f, zero_f = scale_d.float(), zero_d.float()
+
+        perm = torch.argsort(torch.diag(H), descending=True) if params.act_order else None
+        if perm is not None:
+            W, H = W[:, perm], H[perm][:, perm]
+        col_group = ((perm if perm is not None else torch.arange(in_f)) // group).tolist()
+
+        U, damp = _inverse_cholesky(H, params.damp, params.damp_retries, name)
+        codes = torch.empty(out_f, in_f, dtype=torch.float32, device=W.device)
+        # A dynamic group must not straddle a lazy block, so that its range is read with every
+        # update pushed into it so far.
+        block = params.block_size if static else -(-params.block_size // group) * group
+        for i1 in range(0, in_f, block):
+            i2 = min(i1 + block, in_f)
+            W1 = W[:, i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            U1 = U[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                g = col_group[col]
+                if not static and col % group == 0:
+                    s, z = _group_params(W1[:, i:i + group], spec, dtype, params.clip)
+                    scale[:, g] = s[:, 0]
+                    scale_d[:, g] = s[:, 0].double()
+                    scale_f[:, g] = s[:, 0].float()
+                    if zero is not None:
+                        zero[:, g] = z[:, 0]
+                        zero_d[:, g] = z[:, 0].double()
+                        zero_f[:, g] = z[:, 0].float()
+                w = W1[:, i]
+                q = torch.round(w.double() / scale_d[:, g]).add_(zero_d[:, g]).clamp_(0, spec.qmax).float()
+                codes[:, col] = q
+                err = (w - (q - zero_f[:, g]) * scale_f[:, g]) / U1[i, i]
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+                Err1[:, i] = err
+            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
+
+        if perm is not None:
+            codes = codes[:, torch.argsort(perm)]
+        codes = codes.to(torch.uint8)
+        Q = dequantize(codes, scale, zero, spec)
+        err = output_error(W0, Q, H0)
+        ref = output_error(W0, torch.zeros_like(W0), H0)
+    stats = {"proxy_err": err, "proxy_err_rel": err / ref if ref > 0 else 0.0, "damp": damp,
+             "dead_inputs": int(dead.sum()), "seconds": round(time.perf_counter() - start, 4)}
+    return QuantizedWeight(codes, scale, zero, spec, stats)

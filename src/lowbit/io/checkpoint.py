@@ -1,0 +1,251 @@
+"""save / load / inspect: the checkpoint verbs the CLI and the Python API share.
+
+``save`` picks compressed-tensors pack-quantized (loads in plain transformers and vLLM, no lowbit
+needed) whenever every quantized layer fits it, and the native layout otherwise; both record the
+recipe (``recipe.yaml``, and inside the native ``quantization_config``). ``load`` reads either
+back into lowbit ``QuantLinear`` modules through transformers' own ``from_pretrained`` (so
+architectures, tied weights, shards and non-persistent buffers are handled as transformers
+handles them), with this package's quantizer doing the module swap.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from . import compressed_tensors as ct
+from . import native
+from .atomic import atomic_directory, check_writable_target
+from .files import (CONFIG_NAME, RECIPE_NAME, CheckpointError, checkpoint_dir, read_json,
+                    tensor_table, weight_files)
+from .layers import quantized_modules
+
+FORMATS = ("auto", "compressed-tensors", "native")
+_ALIASES = {"ct": "compressed-tensors", "compressed_tensors": "compressed-tensors"}
+_DTYPE_BYTES = {"I8": 1, "U8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "I64": 8, "F64": 8}
+
+
+def choose_format(model: nn.Module, format: str = "auto") -> str:
+    fmt = _ALIASES.get(format, format)
+    if fmt not in FORMATS:
+        raise InputError(f"unknown checkpoint format {format!r} (choose from {', '.join(FORMATS)})")
+    if not quantized_modules(model):
+        raise InputError("model has no lowbit quantized layers to save (quantize it first)")
+    reason = ct.why_not_expressible(model)
+    if fmt == "compressed-tensors" and reason:
+        raise InputError(f"cannot save as compressed-tensors: {reason}; use format='native'")
+    if fmt == "auto":
+        return "native" if reason else "compressed-tensors"
+    return fmt
+
+
+def save(model: nn.Module, tokenizer=None, out_dir: str | os.PathLike = "out", format: str = "auto",
+         overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None) -> Path:
+    """Write ``model`` (with lowbit QuantLinear layers), its tokenizer and recipe to ``out_dir``.
+
+    Atomic: everything goes to a temporary sibling directory that is renamed into place only
+    when complete. ``extra_files`` maps relative file names to text or bytes (reports, ...).
+    Returns the output path.
+    """
+    fmt = choose_format(model, format)
+    out = check_writable_target(out_dir, overwrite)
+    extra = _checked_extra_files(extra_files or {})
+    recipe = getattr(model, "lowbit_recipe", None)
+    if fmt == "compressed-tensors":
+        tensors, qconfig = ct.state_dict(model), ct.quantization_config(model)
+    else:
+        tensors, qconfig = native.state_dict(model), native.quantization_config(model, recipe)
+    with atomic_directory(out, overwrite) as tmp:
+        _save_pretrained(model, tmp, tensors)
+        config = read_json(tmp / CONFIG_NAME)
+        config["quantization_config"] = qconfig
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if recipe is not None:
+            recipe.save_yaml(tmp / RECIPE_NAME)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for rel, content in extra.items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content.encode() if isinstance(content, str) else content)
+    return out
+
+
+def _save_pretrained(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """transformers' writer (tied weights, key reversal, shards), with our tensors.
+
+    A model loaded through a quantizer would have ``save_pretrained`` ask that quantizer for the
+    state dict instead of ours, so it is detached for the duration.
+    """
+    quantizer = model.__dict__.pop("hf_quantizer", None)
+    try:
+        model.save_pretrained(directory, state_dict=tensors)
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+
+
+def _checked_extra_files(extra: dict[str, str | bytes]) -> dict[str, str | bytes]:
+    for rel in extra:
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            raise InputError(f"extra file name {rel!r} must be a relative path inside the output directory")
+        if p.parts[0] in (CONFIG_NAME, "model.safetensors", "model.safetensors.index.json"):
+            raise InputError(f"extra file {rel!r} would replace a checkpoint file")
+    return extra
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+def detect_format(path: str | os.PathLike) -> str:
+    """"compressed-tensors" or "native" from config.json; InputError for anything else."""
+    p = checkpoint_dir(path)
+    qc = read_json(p / CONFIG_NAME).get("quantization_config")
+    if not isinstance(qc, dict):
+        raise CheckpointError(f"{p} is not a quantized checkpoint (config.json has no quantization_config)")
+    method = qc.get("quant_method")
+    if method == "lowbit":
+        return "native"
+    if method == ct.CT_METHOD:
+        ct.check_config(qc, str(p))
+        return "compressed-tensors"
+    raise CheckpointError(f"{p}: quantization method {method!r} is not one lowbit reads "
+                          f"(lowbit, compressed-tensors)")
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a lowbit native or compressed-tensors pack-quantized checkpoint.
+
+    Returns ``(model, tokenizer)``: an eval-mode model whose quantized layers are lowbit
+    ``QuantLinear`` modules, and the tokenizer saved beside it (None if there is none).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from . import hf_quantizer  # noqa: F401  (registers quant_method "lowbit")
+
+    fmt = detect_format(path)
+    p = checkpoint_dir(path)
+    tensor_table(p)  # one-line errors for missing, truncated or corrupt weight files
+    config = AutoConfig.from_pretrained(p)
+    if fmt == "compressed-tensors":
+        config.quantization_config = {
+            "quant_method": "lowbit", "layout": "compressed-tensors",
+            "compressed_tensors": read_json(p / CONFIG_NAME)["quantization_config"],
+            "recipe": _recipe_yaml(p)}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, config=config)
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: tensors do not match config.json ({str(e).splitlines()[0]})") from None
+    model.eval()
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    return model, _tokenizer(p)
+
+
+def _recipe_yaml(p: Path) -> dict | None:
+    import yaml
+
+    f = p / RECIPE_NAME
+    if not f.is_file():
+        return None
+    try:
+        data = yaml.safe_load(f.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{f}: not valid YAML ({e})") from None
+    return data if isinstance(data, dict) else None
+
+
+def _tokenizer(p: Path):
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(p)
+
+
+# ---- inspecting ------------------------------------------------------------------------------
+
+def inspect(path: str | os.PathLike) -> dict:
+    """What a checkpoint holds, read from config.json and safetensors headers only (fast).
+
+    ``bits_per_weight`` counts codes, scales and zeros of the quantized layers per weight;
+    ``model_bits_per_weight`` divides every stored byte by every (logical) parameter.
+    """
+    fmt = detect_format(path)
+    p = checkpoint_dir(path)
+    config = read_json(p / CONFIG_NAME)
+    qc = config["quantization_config"]
+    table = tensor_table(p)
+    layers = _ct_layers(p, qc, table) if fmt == "compressed-tensors" else _native_layers(qc)
+    q_bits = q_weights = 0
+    for row in layers:
+        n = row["shape"][0] * row["shape"][1]
+        bits = 8 * sum(_nbytes(table[f"{row['name']}.{k}"]) for k in
+                       ("weight_packed", "weight_scale", "weight_zero", "weight_zero_point")
+                       if f"{row['name']}.{k}" in table)
+        row["bits_per_weight"] = round(bits / n, 4)
+        q_bits, q_weights = q_bits + bits, q_weights + n
+    quantized = {row["name"] for row in layers}
+    other = sum(_numel(t) for k, t in table.items()
+                if k.rpartition(".")[0] not in quantized)
+    total_bytes = sum(f.stat().st_size for f in weight_files(p))
+    recipe = qc.get("recipe") if fmt == "native" else _recipe_yaml(p)
+    return {
+        "path": str(p), "format": fmt, "model_type": config.get("model_type"),
+        "quantized_layers": len(layers), "quantized_weights": q_weights,
+        "bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
+        "model_bits_per_weight": round(8 * total_bytes / (q_weights + other), 4) if q_weights + other else None,
+        "size_bytes": total_bytes, "recipe": recipe, "layers": layers,
+    }
+
+
+def _row(name: str, shape, spec) -> dict:
+    return {"name": name, "shape": [int(shape[0]), int(shape[1])], "bits": spec.bits,
+            "group_size": spec.group_size, "sym": spec.sym, "format": spec.label()}
+
+
+def _native_layers(qc: dict) -> list[dict]:
+    specs = native.layer_specs(qc)
+    shapes = {n: s for g in qc.get("groups", {}).values() for n, s in g.get("modules", {}).items()}
+    return [_row(n, shapes[n], specs[n]) for n in specs]
+
+
+def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
+    """Quantized layers are the ``*.weight_packed`` tensors; each takes the most specific group
+    that targets it (exact name, then regex, then class name — compressed-tensors' order)."""
+    from compressed_tensors.utils.match import match_name
+    from safetensors import safe_open
+
+    names = [k.removesuffix(".weight_packed") for k in table if k.endswith(".weight_packed")]
+    shapes = {}
+    for f in weight_files(p):
+        with safe_open(f, framework="pt") as h:
+            for k in h.keys():
+                if k.endswith(".weight_shape"):
+                    shapes[k.removesuffix(".weight_shape")] = h.get_tensor(k).tolist()
+    groups = [(t, ct.spec_from_args(g.get("weights") or {}, gname))
+              for gname, g in qc.get("config_groups", {}).items() for t in g.get("targets", [])]
+    rows = []
+    for name in names:
+        by_name = [s for t, s in sorted(groups, key=lambda ts: ("re:" in ts[0], ts[0])) if match_name(name, t)]
+        by_class = [s for t, s in groups if not t.startswith("re:") and "." not in t]  # e.g. "Linear"
+        spec = (by_name or by_class or [None])[0]
+        if spec is None or name not in shapes:
+            raise CheckpointError(f"{p}: cannot tell the format of layer {name}")
+        rows.append(_row(name, shapes[name], spec))
+    return rows
+
+
+def _numel(t: dict) -> int:
+    n = 1
+    for d in t["shape"]:
+        n *= d
+    return n
+
+
+def _nbytes(t: dict) -> int:
+    return _numel(t) * _DTYPE_BYTES.get(t["dtype"], 4)

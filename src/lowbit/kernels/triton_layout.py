@@ -1,0 +1,79 @@
+"""What the Triton kernels need to know about a QuantLinear's buffers, read once per call.
+
+No repacking: the kernels read ``weight_packed``, ``weight_scale`` and ``weight_zero`` exactly as
+the module stores them (the compressed-tensors layout), so a checkpoint loads with no conversion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TRITON_BITS = (4, 8)  # codes that tile whole int32 words; 2/3-bit go to the reference kernel
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    packed: torch.Tensor          # int32 (N, KW)
+    scale: torch.Tensor           # (N or 1, n_groups), any float dtype
+    zero: torch.Tensor | None     # int32 like scale, asymmetric only
+    bits: int
+    group_size: int               # > 0 group, -1 per-channel, 0 per-tensor
+    n: int
+    k: int
+
+    @classmethod
+    def of(cls, module) -> "WeightLayout":
+        spec = module.spec
+        return cls(module.weight_packed, module.weight_scale, module.weight_zero, spec.bits,
+                   spec.group_size, module.out_features, module.in_features)
+
+    @property
+    def kw(self) -> int:
+        return self.packed.shape[1]
+
+    @property
+    def has_zero(self) -> bool:
+        return self.zero is not None
+
+    @property
+    def zero_or_dummy(self) -> torch.Tensor:
+        # Triton needs a pointer even when HAS_ZERO is off; the kernel never reads it then.
+        return self.zero if self.zero is not None else self.packed
+
+    @property
+    def stride_s(self) -> int:
+        # Per-tensor scales are (1, 1): a zero row stride makes every row read the same value.
+        return self.scale.stride(0) if self.scale.shape[0] > 1 else 0
+
+    @property
+    def stride_z(self) -> int:
+        if self.zero is None:
+            return 0
+        return self.zero.stride(0) if self.zero.shape[0] > 1 else 0
+
+    def block_k(self, cap: int) -> int:
+        """The K tile: a power of two ≤ ``cap`` that divides the group (so a tile has one scale)."""
+        if self.group_size <= 0:
+            return cap
+        bk = self.group_size & -self.group_size  # largest power of two dividing the group
+        return min(bk, cap)
+
+    def group_for(self, block_k: int) -> int:
+        """Group size as the kernels use it: ``(tile·BK) // group`` is the scale column."""
+        if self.group_size > 0:
+            return self.group_size
+        return -(-self.k // block_k) * block_k  # one group spanning every tile
+
+
+def triton_supports(module, x: torch.Tensor) -> bool:
+    """Whether the Triton kernels compute this layer for this input (else: reference kernel)."""
+    spec = getattr(module, "spec", None)
+    if spec is None or spec.kind != "int" or spec.bits not in TRITON_BITS:
+        return False
+    if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != module.in_features:
+        return False
+    if not module.weight_packed.is_contiguous():
+        return False
+    layout = WeightLayout.of(module)
+    return layout.block_k(128) >= 16  # tl.dot needs K tiles of at least 16

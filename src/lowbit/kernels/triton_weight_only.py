@@ -1,0 +1,177 @@
+"""Weight-only QuantLinear on CUDA through Triton: pick a kernel per (shape, format, batch bucket).
+
+Three paths:
+- ``gemv``: batch 1 without tensor cores (``triton_gemv``);
+- ``mma``: dequantize in registers and dot on tensor cores, split-K for small batches
+  (``triton_mma``);
+- ``dequant``: dequantize the whole weight once per call (``triton_dequant``), then cuBLAS via
+  ``F.linear``, which can win at large batch where the product, not the weight read, dominates.
+
+The first call for a new (device, format, K, N, dtype, batch bucket) times every candidate under a
+CUDA graph (so Python launch overhead does not decide) and caches the fastest; later calls, and
+calls made while a CUDA graph is being captured, go straight to the cached choice (or, if none was
+timed yet, to a fixed per-bucket default). Set ``LOWBIT_TRITON_TUNE=0`` to always use the defaults.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .triton_dequant import dequantize
+from .triton_gemv import gemv
+from .triton_layout import WeightLayout
+from .triton_mma import mma
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    path: str                 # "gemv" | "mma" | "dequant"
+    block_n: int = 64
+    block_m: int = 16
+    block_k: int = 128        # cap; the tile is also limited to divide the group size
+    split_k: int = 1
+    unroll: int = 1           # gemv only: K tiles whose loads are issued together
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def label(self) -> str:
+        if self.path == "dequant":
+            return "dequant+cublas"
+        m = f"u{self.unroll}" if self.path == "gemv" else f"m{self.block_m}"
+        return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
+                f"w{self.num_warps} st{self.num_stages}")
+
+
+def batch_bucket(m: int) -> int:
+    """Powers of two up to 4096; every batch in a bucket shares one tuned choice."""
+    return min(1 << max(m - 1, 0).bit_length(), 4096)
+
+
+def candidates(m: int) -> list[KernelConfig]:
+    """Configs worth timing for batch ``m`` (a short list: each one costs a compile).
+
+    Decode is bound by the bytes in flight: each config trades rows per program (``block_n``),
+    tiles issued together (``unroll``, pipelining ``num_stages``) and K splits (more programs
+    for narrow N, at the cost of a second launch that sums the splits).
+    """
+    b = batch_bucket(m)
+    if b == 1:
+        return [
+            KernelConfig("gemv", block_n=16, unroll=4, split_k=1, num_warps=4, num_stages=1),
+            KernelConfig("gemv", block_n=32, unroll=4, split_k=1, num_warps=4, num_stages=1),
+            KernelConfig("gemv", block_n=8, unroll=8, split_k=1, num_warps=2, num_stages=1),
+            KernelConfig("gemv", block_n=16, unroll=4, split_k=4, num_warps=4, num_stages=1),
+            KernelConfig("gemv", block_n=32, unroll=2, split_k=4, num_warps=4, num_stages=3),
+            KernelConfig("gemv", block_n=64, unroll=2, split_k=8, num_warps=8, num_stages=3),
+            KernelConfig("mma", block_n=64, block_m=16, split_k=1, num_stages=4),
+            KernelConfig("mma", block_n=64, block_m=16, split_k=4, num_stages=4),
+        ]
+    if b <= 64:
+        bm = max(16, b)
+        return [
+            KernelConfig("mma", block_n=32, block_m=bm, split_k=1, num_stages=4),
+            KernelConfig("mma", block_n=64, block_m=bm, split_k=1, num_stages=4),
+            KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
+            KernelConfig("mma", block_n=128, block_m=bm, split_k=2, num_stages=4),
+            KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
+        ]
+    if b <= 256:
+        return [
+            KernelConfig("mma", block_n=64, block_m=64, block_k=128, num_stages=4),
+            KernelConfig("mma", block_n=128, block_m=64, block_k=64, num_stages=4),
+            KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
+            KernelConfig("mma", block_n=128, block_m=64, block_k=64, split_k=2, num_stages=4),
+            KernelConfig("dequant"),
+        ]
+    return [
+        KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
+        KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
+        KernelConfig("mma", block_n=256, block_m=128, block_k=64, num_warps=8, num_stages=3),
+        KernelConfig("dequant"),
+    ]
+
+
+def default_config(m: int) -> KernelConfig:
+    """The choice when nothing was timed (CPU interpreter, graph capture, tuning switched off)."""
+    b = batch_bucket(m)
+    if b == 1:
+        return KernelConfig("gemv", block_n=16, unroll=4, split_k=1, num_warps=4, num_stages=1)
+    if b <= 64:
+        return KernelConfig("mma", block_n=64, block_m=max(16, b), split_k=4, num_stages=4)
+    return KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3)
+
+
+def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) -> torch.Tensor:
+    """``x2 (M, K)`` times the layer's weight with one explicit config → ``(M, N)``."""
+    if cfg.path == "gemv":
+        if x2.shape[0] != 1:
+            raise ValueError("the gemv path computes one row; use 'mma' for batches")
+        return gemv(x2, layout, bias, cfg)
+    if cfg.path == "mma":
+        return mma(x2, layout, bias, cfg)
+    if cfg.path == "dequant":
+        return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
+    raise ValueError(f"unknown kernel path {cfg.path!r}")
+
+
+_TUNED: dict[tuple, KernelConfig] = {}
+TUNE_LOG: dict[tuple, dict[str, float]] = {}  # every timed candidate, for the benchmark's notes
+
+
+def _tune_key(layout: WeightLayout, x2: torch.Tensor) -> tuple:
+    return (x2.device.index, layout.bits, layout.group_size, layout.has_zero, layout.k, layout.n,
+            x2.dtype, batch_bucket(x2.shape[0]))
+
+
+def _graph_time_us(fn, reps: int = 20) -> float:
+    """Median µs of ``fn`` replayed from a CUDA graph (launch overhead excluded)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=reps, return_mode="median")) * 1e3
+
+
+def _tune(x2: torch.Tensor, layout: WeightLayout, bias, key: tuple) -> KernelConfig:
+    timings: dict[str, float] = {}
+    best, best_us = None, float("inf")
+    for cfg in candidates(x2.shape[0]):
+        try:
+            run_config(x2, layout, bias, cfg)  # compile outside the timed graph
+            us = _graph_time_us(lambda: run_config(x2, layout, bias, cfg))
+        except Exception:  # a config the compiler rejects (e.g. out of shared memory)
+            timings[cfg.label()] = float("nan")
+            continue
+        timings[cfg.label()] = us
+        if us < best_us:
+            best, best_us = cfg, us
+    TUNE_LOG[key] = timings
+    return best or default_config(x2.shape[0])
+
+
+def choose_config(x2: torch.Tensor, layout: WeightLayout, bias) -> KernelConfig:
+    key = _tune_key(layout, x2)
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    tune = (x2.is_cuda and os.environ.get("LOWBIT_TRITON_TUNE", "1") != "0"
+            and not torch.cuda.is_current_stream_capturing())
+    if not tune:
+        return default_config(x2.shape[0])
+    cfg = _TUNED[key] = _tune(x2, layout, bias, key)
+    return cfg
+
+
+def weight_only_linear_triton(x: torch.Tensor, module, config: KernelConfig | None = None):
+    """``x (..., K)`` times the module's dequantized weight ``(N, K)``, plus bias, via Triton.
+
+    ``config`` forces one kernel (tests, benchmarks); by default the tuned choice for this batch.
+    """
+    layout = WeightLayout.of(module)
+    x2 = x.reshape(-1, layout.k)  # a view where strides allow; the kernels take any strides
+    if x2.shape[0] == 0:
+        return x.new_empty(*x.shape[:-1], layout.n)
+    cfg = config or choose_config(x2, layout, module.bias)
+    out = run_config(x2, layout, module.bias, cfg)
+    return out.reshape(*x.shape[:-1], layout.n)

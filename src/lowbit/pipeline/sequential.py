@@ -1,0 +1,100 @@
+"""The block-by-block walk: quantize a model whose rounder needs calibration statistics.
+
+1. Run the model's front on the calibration batches and capture what every block is called with.
+2. For each block, in order: move it to the device; for each stage, run the block on all batches
+   with hooks that accumulate the Hessians of the stage's linears, round those linears and swap
+   in QuantLinears; then run the quantized block on all batches to make the next block's inputs,
+   and move the block back. Only one block and the calibration activations are on the device.
+
+Stages: with ``true_sequential`` each input group of the ArchMap (q/k/v, then o, then gate/up,
+then down) is one stage, so o's Hessian is measured on outputs of the already quantized q/k/v,
+and so on; without it, all linears of a block are measured in one pass on the float block.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch import arch_for, blocks_of, get_module, set_module
+from ..formats import FormatError
+from ..quantize import QuantizationReport, _record, check_targets, find_targets
+from ..recipes import Recipe
+from .capture import calibration_batches, capture_block_inputs, run_block
+from .hessians import collect_hessians
+from .rounding import round_group
+
+
+@torch.no_grad()
+def quantize_with_calibration(
+    model: nn.Module, recipe: Recipe, calib, *, device=None, batch_size: int = 16,
+    true_sequential: bool = True, offload_hidden: bool = False, progress: bool = True,
+) -> QuantizationReport:
+    """Quantize ``model`` in place, block by block, with calibration token ids ``calib``
+    (``(n, seq)`` or a list of 1-D tensors).
+
+    ``device``: where each block is calibrated (default: where the model is); ``batch_size``:
+    calibration windows per forward; ``offload_hidden``: keep the calibration activations on
+    the CPU between blocks (for accelerators too small to hold them).
+    """
+    arch = arch_for(model)
+    targets = find_targets(model, recipe, arch)
+    if not targets:
+        raise FormatError("no layer to quantize: every target is ignored or missing")
+    check_targets(model, recipe, targets, arch)
+    blocks = blocks_of(model, arch)
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    hidden_device = torch.device("cpu") if offload_hidden else device
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    report = QuantizationReport(recipe.to_dict(), arch.name)
+    try:
+        inputs = capture_block_inputs(model, arch, calibration_batches(calib, batch_size),
+                                      device, hidden_device)
+        wanted: dict[int, list[str]] = {}
+        for t in targets:
+            wanted.setdefault(t.block, []).append(t.path)
+        stages = [(g.linears,) for g in arch.groups] if true_sequential \
+            else [tuple(g.linears for g in arch.groups)]
+        bar = tqdm(blocks, desc=f"calibrate {recipe.method}", unit="block", disable=not progress)
+        for i, block in enumerate(bar):
+            block.to(device)
+            todo = list(wanted.get(i, ()))
+            for stage in stages:
+                groups = []
+                for linears in stage:
+                    group = tuple(p for p in linears if p in todo)
+                    todo = [p for p in todo if p not in group]
+                    if group:
+                        groups.append(group)
+                if groups:
+                    _quantize_stage(block, i, groups, inputs, recipe, arch, device, report)
+            if i + 1 < len(blocks):
+                for b, hidden in enumerate(inputs.hidden):
+                    args, kwargs = inputs.call(b, i)
+                    out = run_block(block, hidden.to(device), args, kwargs)
+                    inputs.hidden[b] = out.to(hidden_device)
+            block.to(home)
+            done = [r for r in report.layers if "proxy_err_rel" in r and r["name"].startswith(f"{arch.blocks}.{i}.")]
+            if done:
+                bar.set_postfix(rel_err=f"{max(r['proxy_err_rel'] for r in done):.2e}")
+    finally:
+        model.train(was_training)
+    report.seconds = round(time.perf_counter() - start, 3)
+    _record(model, recipe)
+    return report
+
+
+def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report) -> None:
+    accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d)
+    prefix = f"{arch.blocks}.{i}."
+    for paths, acc in zip(groups, accs):
+        H = acc.hessian()
+        modules = {prefix + p: get_module(block, p) for p in paths}
+        for name, (q, row) in round_group(modules, recipe, H, arch.conv1d).items():
+            set_module(block, name[len(prefix):], q)
+            report.layers.append(row)
