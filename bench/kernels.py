@@ -35,6 +35,22 @@ GROUP = 128
 L2_ROTATE_BYTES = 192 << 20  # weight bytes a graph replay cycles through (H100 L2: 50 MB)
 
 
+def import_lowbit(notes: list) -> None:
+    """Import lowbit; if its package __init__ fails on this machine (it pulls in transformers
+    integrations), load the subpackages the kernels need without it."""
+    try:
+        import lowbit  # noqa: F401
+    except Exception as e:
+        import types
+
+        notes.append(f"import lowbit failed ({type(e).__name__}: {e}); loaded kernels without it")
+        for name in [m for m in sys.modules if m == "lowbit" or m.startswith("lowbit.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("lowbit")
+        pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "src" / "lowbit")]
+        sys.modules["lowbit"] = pkg
+
+
 def log(*a):
     print(*a, flush=True)
 
@@ -201,7 +217,7 @@ def bench_shape(k: int, n: int, copy_tbps: float, have_gemlite: bool, rows: list
                     graph_row[name] = graph_us(fns, est)
                     eager_row[name] = eager_us(fns[0])
             except Exception as e:
-                notes.append(f"{name} K={k} N={n} M={m}: {type(e).__name__}: {str(e)[:200]}")
+                notes.append(f"{name} K={k} N={n} M={m}: {type(e).__name__}: {str(e)[-400:]}")
                 graph_row[name] = eager_row[name] = None
         floor = (w4_bytes + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6
         floor8 = (n * k + 2 * n + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6
@@ -268,6 +284,7 @@ def main():
     import triton
 
     have_gemlite, notes = False, []
+    import_lowbit(notes)
     try:
         import gemlite
 

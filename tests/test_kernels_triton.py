@@ -18,7 +18,8 @@ pytest.importorskip("triton")
 from lowbit.algorithms.quantized_weight import QuantizedWeight  # noqa: E402
 from lowbit.formats import FormatSpec  # noqa: E402
 from lowbit.kernels import select_kernel  # noqa: E402
-from lowbit.kernels.triton_layout import triton_supports  # noqa: E402
+from lowbit.kernels.triton_layout import WeightLayout, triton_supports  # noqa: E402
+from lowbit.kernels.triton_mma_planes import planes_fit  # noqa: E402
 from lowbit.kernels.triton_weight_only import (  # noqa: E402
     KernelConfig, batch_bucket, candidates, default_config, weight_only_linear_triton,
 )
@@ -98,7 +99,7 @@ FORMATS = [
 
 
 @pytest.mark.parametrize("spec", FORMATS, ids=lambda s: s.label().replace(" ", "-"))
-@pytest.mark.parametrize("path", ["gemv", "mma", "mma-split", "dequant"])
+@pytest.mark.parametrize("path", ["gemv", "mma", "mma-split", "planes", "planes-split", "dequant"])
 def test_each_path_matches_float64(spec, path):
     k = 256 if spec.group_size > 0 else 200  # per-channel: K not a multiple of any tile
     n, m = 40, (1 if path == "gemv" else 3)
@@ -108,8 +109,14 @@ def test_each_path_matches_float64(spec, path):
         "gemv": KernelConfig("gemv", block_n=16, block_k=64, unroll=3, split_k=1),
         "mma": KernelConfig("mma", block_n=16, block_m=16, block_k=64, split_k=1),
         "mma-split": KernelConfig("mma", block_n=32, block_m=16, block_k=32, split_k=3),
+        "planes": KernelConfig("planes", block_n=16, block_m=16, block_k=128, split_k=1),
+        "planes-split": KernelConfig("planes", block_n=32, block_m=16, block_k=64, split_k=3),
         "dequant": KernelConfig("dequant"),
     }[path]
+    if cfg.path == "planes" and not planes_fit(WeightLayout.of(layer), cfg.block_k):
+        with pytest.raises(ValueError):  # fewer than 16 words per tile: the tuner skips it
+            weight_only_linear_triton(x, layer, cfg)
+        return
     out = weight_only_linear_triton(x, layer, cfg)
     assert out.shape == (m, n) and out.dtype == x.dtype
     assert rel_err(out, reference64(x, layer)) < BF16_TOL
@@ -128,6 +135,14 @@ def test_odd_batches_and_noncontiguous_input(m):
                                                 split_k=2)):
         out = weight_only_linear_triton(x, layer, cfg)
         assert rel_err(out, ref) < BF16_TOL, cfg.label()
+    layer8 = make_layer(n, k, FormatSpec(bits=8, sym=False, group_size=-1), bias=True, seed=m)
+    ref8 = reference64(x, layer8)
+    for cfg in (KernelConfig("planes", block_n=16, block_m=32, block_k=64, split_k=2),
+                KernelConfig("gemv", block_n=8, block_k=32, unroll=2) if m == 1 else None):
+        if cfg is None:
+            continue
+        out = weight_only_linear_triton(x, layer8, cfg)
+        assert rel_err(out, ref8) < BF16_TOL, cfg.label()
 
 
 def test_3d_input_and_fp16_with_bf16_scales():

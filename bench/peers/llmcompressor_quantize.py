@@ -121,9 +121,10 @@ def quantize(recipe: PeerRecipe, gguf: Path, out: Path, threads: int | None) -> 
     if recipe.needs_calibration:
         raise NotImplementedError(f"{recipe.name}: calibrated peer recipes come with their issue")
     present_as_float(model, out.with_name(out.name + ".fp-config"))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     oneshot(model=model, recipe=recipe.build(recipe), pipeline="datafree")
     quant_s = time.perf_counter() - start
+    quant_cpu_s = time.process_time() - cpu_start
     rss_after_quant = peak_rss_gib()
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, save_compressed=True)
@@ -131,7 +132,7 @@ def quantize(recipe: PeerRecipe, gguf: Path, out: Path, threads: int | None) -> 
     meta = {
         "tool": "llmcompressor", "recipe": recipe.name, "method": recipe.method,
         "bits": recipe.bits, "group_size": recipe.group_size, "sym": recipe.sym,
-        "acts": recipe.acts, "quant_s": round(quant_s, 3), "load_s": round(load_s, 3),
+        "acts": recipe.acts, "quant_s": round(quant_s, 3), "quant_cpu_s": round(quant_cpu_s, 3), "load_s": round(load_s, 3),
         "peak_rss_gib": round(peak_rss_gib(), 3), "peak_rss_quant_gib": round(rss_after_quant, 3),
         "threads": torch.get_num_threads(), "versions": versions(), "gguf": str(gguf),
     }

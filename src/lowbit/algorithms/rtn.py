@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..formats import FormatSpec
 from ..formats.integer import qparams_from_range, quantize_blocks, scale_dtype, to_blocks
 from .quantized_weight import QuantizedWeight
@@ -24,8 +25,9 @@ class ClipSearch:
     norm: float = 2.0
 
     def __post_init__(self):
-        if self.grid < 1 or not 0 < self.min_ratio <= 1 or self.norm <= 0:
-            raise ValueError(f"invalid clip search {self}")
+        if self.grid < 1 or not 0 < self.min_ratio <= 1 or not self.norm > 0:
+            raise InputError(f"invalid clip search: grid {self.grid} (>= 1), min_ratio "
+                             f"{self.min_ratio} (in (0, 1]), norm {self.norm} (> 0)")
 
 
 def search_block_range(

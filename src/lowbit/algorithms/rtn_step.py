@@ -1,10 +1,11 @@
 """The RTN step of a recipe: its config, registered as the "rtn" rounder."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
+from ..errors import InputError
 from ..formats import FormatSpec
 from .quantized_weight import QuantizedWeight
 from .registry import register_rounder
@@ -22,12 +23,23 @@ class RTNConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RTNConfig":
+        """From a recipe step; unknown fields (here or in ``clip``) are a user error."""
         d = {k: v for k, v in d.items() if k != "method"}
         unknown = set(d) - {"clip"}
         if unknown:
-            raise ValueError(f"rtn: unknown fields {sorted(unknown)}")
+            raise InputError(f"rtn step: unknown fields {sorted(unknown)} (known: ['clip'])")
         clip = d.get("clip", vars(ClipSearch()))
-        return cls(clip=None if clip in (None, False) else ClipSearch(**(clip if isinstance(clip, dict) else {})))
+        if clip in (None, False):
+            return cls(clip=None)
+        if clip is True:
+            return cls()
+        if not isinstance(clip, dict):
+            raise InputError(f"rtn step: clip must be a mapping, false or null, got {clip!r}")
+        known = {f.name for f in fields(ClipSearch)}
+        if set(clip) - known:
+            raise InputError(f"rtn step: unknown clip fields {sorted(set(clip) - known)} "
+                             f"(known: {sorted(known)})")
+        return cls(clip=ClipSearch(**clip))
 
 
 @register_rounder("rtn", RTNConfig)

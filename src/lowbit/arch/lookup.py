@@ -49,7 +49,7 @@ def _block_linears(block: nn.Module) -> tuple[tuple[str, ...], bool]:
     return tuple(n for n, m in block.named_modules() if isinstance(m, Conv1D)), True
 
 
-def _fallback(model: nn.Module, model_type: str) -> ArchMap:
+def _fallback(model: nn.Module, model_type: str, why: str = "has no lowbit table") -> ArchMap:
     for path in _BLOCK_PATHS:
         if not _has_blocks(model, path):
             continue
@@ -58,7 +58,7 @@ def _fallback(model: nn.Module, model_type: str) -> ArchMap:
             break
         kind = "Conv1D" if conv1d else "nn.Linear"
         warnings.warn(
-            f"architecture {model_type!r} has no lowbit table: quantizing every {kind} "
+            f"architecture {model_type!r} {why}: quantizing every {kind} "
             f"inside {path} ({len(linears)} per block); transforms that need the feeding "
             f"ops (AWQ, SmoothQuant) are not available for it", stacklevel=3)
         return ArchMap(name=f"fallback:{model_type}", model_types=(model_type,), blocks=path,
@@ -82,8 +82,8 @@ def arch_for(model: nn.Module) -> ArchMap:
             return arch
     if candidates:
         # A known model type whose modules sit elsewhere (a wrapper we have no row for).
-        warnings.warn(f"{type(model).__name__} ({model_type!r}) has no decoder blocks at "
-                      f"{candidates[-1].blocks!r}, where its table expects them", stacklevel=2)
+        return _fallback(model, model_type, f"({type(model).__name__}) has no decoder blocks at "
+                                            f"{candidates[-1].blocks!r}, where its table expects them")
     return _fallback(model, model_type)
 
 

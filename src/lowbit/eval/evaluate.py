@@ -89,7 +89,10 @@ def evaluate(model: nn.Module, windows: torch.Tensor, reference: nn.Module | Non
         ref_logits = None
         if reference is not None:
             ref_logits = logits if reference is model else _logits(reference, ids).to(logits.device)
-        total += compare_logits(logits, ids.to(logits.device), ref_logits)
+        ids = ids.to(logits.device)
+        for j in range(ids.shape[0]):  # one window at a time: log-softmax temporaries are (T, V) each
+            total += compare_logits(logits[j:j + 1], ids[j:j + 1],
+                                    None if ref_logits is None else ref_logits[j:j + 1])
         del logits, ref_logits
         bar.update(ids.shape[0])
         bar.set_postfix(ppl=f"{perplexity(total.nll_sum, total.tokens):.3f}")

@@ -32,15 +32,18 @@ class FormatSpec:
     def __post_init__(self):
         if self.kind != "int":
             raise FormatError(f"unknown format kind {self.kind!r} (supported: 'int')")
-        if self.bits not in SUPPORTED_INT_BITS:
+        # bool is an int and 4.0 == 4: both would pass a plain membership test and break later.
+        if not _is_int(self.bits) or self.bits not in SUPPORTED_INT_BITS:
             raise FormatError(
                 f"unsupported bits {self.bits}: integer formats support {list(SUPPORTED_INT_BITS)}"
             )
-        if not isinstance(self.group_size, int) or self.group_size < -1:
+        if not _is_int(self.group_size) or self.group_size < -1:
             raise FormatError(
                 f"group size must be a positive integer, -1 (per-channel) or 0 (per-tensor), "
                 f"got {self.group_size!r}"
             )
+        if not isinstance(self.sym, bool):
+            raise FormatError(f"sym must be true or false, got {self.sym!r}")
         if self.scale_dtype not in (None, "float32", "float16", "bfloat16"):
             raise FormatError(f"unsupported scale dtype {self.scale_dtype!r}")
 
@@ -66,9 +69,17 @@ class FormatSpec:
                 f"(e.g. {_divisors_hint(in_features)}) or -1 for per-channel"
             )
 
-    def bits_per_weight(self, in_features: int, scale_bits: int = 16) -> float:
-        """Storage bits per weight: codes plus the scale (and zero) shared by each block."""
-        block = self.group_size if self.group_size > 0 else in_features
+    def bits_per_weight(self, in_features: int, scale_bits: int = 16, out_features: int = 1) -> float:
+        """Storage bits per weight: codes plus the scale (and zero) shared by each block.
+
+        A per-tensor block is the whole ``(out_features, in_features)`` matrix.
+        """
+        if self.group_size > 0:
+            block = self.group_size
+        elif self.group_size == PER_CHANNEL:
+            block = in_features
+        else:
+            block = in_features * out_features
         extra = scale_bits + (0 if self.sym else self.bits)
         return self.bits + extra / block
 
@@ -86,6 +97,10 @@ class FormatSpec:
         if unknown:
             raise FormatError(f"unknown format fields {sorted(unknown)}")
         return cls(**d)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _divisors_hint(n: int) -> str:

@@ -25,7 +25,8 @@ def check_writable_target(out_dir: str | os.PathLike, overwrite: bool = False) -
     """Fail early (before any expensive work) if ``out_dir`` cannot be written."""
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(
+            f"output {out} already exists (pass overwrite=True / --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a directory")
     parent = out.parent

@@ -183,6 +183,8 @@ def inspect(path: str | os.PathLike) -> dict:
     layers = _ct_layers(p, qc, table) if fmt == "compressed-tensors" else _native_layers(qc)
     q_bits = q_weights = 0
     for row in layers:
+        if f"{row['name']}.weight_packed" not in table:
+            raise CheckpointError(f"{p}: config lists layer {row['name']} but the weights do not hold it")
         n = row["shape"][0] * row["shape"][1]
         bits = 8 * sum(_nbytes(table[f"{row['name']}.{k}"]) for k in
                        ("weight_packed", "weight_scale", "weight_zero", "weight_zero_point")
@@ -198,7 +200,7 @@ def inspect(path: str | os.PathLike) -> dict:
         "path": str(p), "format": fmt, "model_type": config.get("model_type"),
         "quantized_layers": len(layers), "quantized_weights": q_weights,
         "bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
-        "model_bits_per_weight": round(8 * total_bytes / (q_weights + other), 4) if q_weights + other else None,
+        "model_bits_per_weight": round(8 * total_bytes / max(1, q_weights + other), 4),
         "size_bytes": total_bytes, "recipe": recipe, "layers": layers,
     }
 
@@ -231,7 +233,8 @@ def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
               for gname, g in qc.get("config_groups", {}).items() for t in g.get("targets", [])]
     rows = []
     for name in names:
-        by_name = [s for t, s in sorted(groups, key=lambda ts: ("re:" in ts[0], ts[0])) if match_name(name, t)]
+        exact_then_regex = sorted(groups, key=lambda ts: ("re:" in ts[0], ts[0]))
+        by_name = [s for t, s in exact_then_regex if match_name(name, t)]
         by_class = [s for t, s in groups if not t.startswith("re:") and "." not in t]  # e.g. "Linear"
         spec = (by_name or by_class or [None])[0]
         if spec is None or name not in shapes:

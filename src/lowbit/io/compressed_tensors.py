@@ -104,7 +104,8 @@ def quantization_config(model: nn.Module) -> dict:
     schemes = {}
     for i, (spec, names) in enumerate(groups):
         targets = ["Linear"] if i == 0 else sorted(names)
-        schemes[f"group_{i}"] = QuantizationScheme(targets=targets, weights=weight_args(spec), format=CT_FORMAT)
+        schemes[f"group_{i}"] = QuantizationScheme(targets=targets, weights=weight_args(spec),
+                                                   format=CT_FORMAT)
     ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     qc = QuantizationConfig(config_groups=schemes, format=CT_FORMAT, quantization_status="compressed",
                             ignore=ignore, kv_cache_scheme=None, global_compression_ratio=None)
@@ -182,7 +183,8 @@ def check_config(qc: dict, where: str) -> None:
         raise InputError(f"{where}: compressed-tensors kv-cache quantization is not supported")
     for gname, g in (qc.get("config_groups") or {}).items():
         if g.get("input_activations") or g.get("output_activations"):
-            raise InputError(f"{where}: config group {gname} quantizes activations; only weight-only is supported")
+            raise InputError(f"{where}: config group {gname} quantizes activations; "
+                             f"only weight-only is supported")
         if g.get("format") not in (None, CT_FORMAT):
             raise InputError(f"{where}: config group {gname} has format {g.get('format')!r}")
 

@@ -5,7 +5,8 @@ Importing this module (``import lowbit`` does) registers ``LowbitConfig`` and
 ``AutoModelForCausalLM.from_pretrained(native_dir)`` builds the float skeleton on the meta
 device, this quantizer swaps each quantized linear for an empty ``QuantLinear`` (whose buffer
 names are the checkpoint's tensor names, so transformers fills them directly, int dtypes kept,
-the empty sentinel ``L.weight`` included) and the load report stays clean. Without lowbit imported the same call fails: see :mod:`lowbit.io.native`.
+the empty sentinel ``L.weight`` included) and the load report stays clean. Without lowbit
+imported the same call fails: see :mod:`lowbit.io.native`.
 
 ``lowbit.load`` also uses this quantizer for compressed-tensors checkpoints
 (``layout: "compressed-tensors"``): layers are swapped for :class:`CompressedTensorsLinear`

@@ -14,7 +14,8 @@ of shape ``(0,)``.
     {"quant_method": "lowbit", "layout": "native", "packing": "int32-lsb",
      "format": "int", "bits": 4, "group_size": 64, "sym": false, "scale_dtype": null,  # default format
      "method": "rtn", "ignore": [...], "overrides": [...], "recipe": {...},
-     "groups": {"group_0": {"format": {FormatSpec}, "modules": {"model.layers.0.mlp.up_proj": [out, in], ...}}},
+     "groups": {"group_0": {"format": {FormatSpec},
+                            "modules": {"model.layers.0.mlp.up_proj": [out, in], ...}}},
      "sentinel": "weight", "lowbit_version": "0.1.0"}
 
 Loading it without lowbit imported fails loudly, by design of the sentinel. transformers 5.23

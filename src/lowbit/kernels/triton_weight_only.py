@@ -3,7 +3,9 @@
 Three paths:
 - ``gemv``: batch 1 without tensor cores (``triton_gemv``);
 - ``mma``: dequantize in registers and dot on tensor cores, split-K for small batches
-  (``triton_mma``);
+  (``triton_mma``, any group);
+- ``planes``: the same with cheaper dequantization, one dot per code position
+  (``triton_mma_planes``, 4-bit groups ≥ 128, 8-bit groups ≥ 64 or per-channel);
 - ``dequant``: dequantize the whole weight once per call (``triton_dequant``), then cuBLAS via
   ``F.linear``, which can win at large batch where the product, not the weight read, dominates.
 
@@ -24,11 +26,12 @@ from .triton_dequant import dequantize
 from .triton_gemv import gemv
 from .triton_layout import WeightLayout
 from .triton_mma import mma
+from .triton_mma_planes import mma_planes, planes_fit
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    path: str                 # "gemv" | "mma" | "dequant"
+    path: str                 # "gemv" | "mma" | "planes" | "dequant"
     block_n: int = 64
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
@@ -61,35 +64,36 @@ def candidates(m: int) -> list[KernelConfig]:
     if b == 1:
         return [
             KernelConfig("gemv", block_n=16, unroll=4, split_k=1, num_warps=4, num_stages=1),
-            KernelConfig("gemv", block_n=32, unroll=4, split_k=1, num_warps=4, num_stages=1),
-            KernelConfig("gemv", block_n=8, unroll=8, split_k=1, num_warps=2, num_stages=1),
+            KernelConfig("gemv", block_n=32, unroll=2, split_k=1, num_warps=4, num_stages=1),
             KernelConfig("gemv", block_n=16, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("gemv", block_n=32, unroll=2, split_k=4, num_warps=4, num_stages=3),
             KernelConfig("gemv", block_n=64, unroll=2, split_k=8, num_warps=8, num_stages=3),
-            KernelConfig("mma", block_n=64, block_m=16, split_k=1, num_stages=4),
-            KernelConfig("mma", block_n=64, block_m=16, split_k=4, num_stages=4),
+            KernelConfig("gemv", block_n=32, unroll=4, split_k=2, num_warps=4, num_stages=1),
+            KernelConfig("planes", block_n=64, block_m=16, split_k=1, num_stages=4),
+            KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
         ]
     if b <= 64:
         bm = max(16, b)
         return [
-            KernelConfig("mma", block_n=32, block_m=bm, split_k=1, num_stages=4),
-            KernelConfig("mma", block_n=64, block_m=bm, split_k=1, num_stages=4),
+            KernelConfig("planes", block_n=64, block_m=bm, split_k=1, num_stages=4),
+            KernelConfig("planes", block_n=64, block_m=bm, split_k=4, num_stages=4),
+            KernelConfig("planes", block_n=128, block_m=bm, split_k=2, num_stages=4),
+            KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
+            KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
-            KernelConfig("mma", block_n=128, block_m=bm, split_k=2, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
     if b <= 256:
         return [
-            KernelConfig("mma", block_n=64, block_m=64, block_k=128, num_stages=4),
-            KernelConfig("mma", block_n=128, block_m=64, block_k=64, num_stages=4),
+            KernelConfig("planes", block_n=128, block_m=64, num_warps=4, num_stages=4),
+            KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
+            KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
-            KernelConfig("mma", block_n=128, block_m=64, block_k=64, split_k=2, num_stages=4),
             KernelConfig("dequant"),
         ]
     return [
-        KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
+        KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
         KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
-        KernelConfig("mma", block_n=256, block_m=128, block_k=64, num_warps=8, num_stages=3),
         KernelConfig("dequant"),
     ]
 
@@ -112,6 +116,8 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
         return gemv(x2, layout, bias, cfg)
     if cfg.path == "mma":
         return mma(x2, layout, bias, cfg)
+    if cfg.path == "planes":
+        return mma_planes(x2, layout, bias, cfg)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
@@ -126,11 +132,35 @@ def _tune_key(layout: WeightLayout, x2: torch.Tensor) -> tuple:
             x2.dtype, batch_bucket(x2.shape[0]))
 
 
-def _graph_time_us(fn, reps: int = 20) -> float:
-    """Median µs of ``fn`` replayed from a CUDA graph (launch overhead excluded)."""
-    import triton.testing
+def _graph_time_us(fn, calls: int = 20, replays: int = 5) -> float:
+    """Median µs per call of ``fn``, ``calls`` of them captured in one CUDA graph (so Python
+    launch overhead does not decide), the graph replayed ``replays`` times."""
+    import time
 
-    return float(triton.testing.do_bench_cudagraph(fn, rep=reps, return_mode="median")) * 1e3
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()  # also compiles, outside the graph
+    torch.cuda.synchronize()
+    calls = max(2, min(calls, int(0.01 / max(time.perf_counter() - t0, 1e-6))))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
 
 
 def _tune(x2: torch.Tensor, layout: WeightLayout, bias, key: tuple) -> KernelConfig:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from importlib import resources
 
+from ..errors import InputError
 from .recipe import Recipe
 
 
@@ -13,7 +14,7 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str) -> Recipe:
     if name not in preset_names():
-        raise ValueError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
+        raise InputError(f"unknown preset {name!r} (available: {', '.join(preset_names())})")
     path = resources.files(__package__).joinpath("presets", f"{name}.yaml")
     with resources.as_file(path) as p:
         return Recipe.from_yaml(p)

@@ -1,0 +1,107 @@
+"""Tensor-core weight-only kernel for small and mid batches, dequantizing in "planes".
+
+Same product as ``triton_mma`` (``out^T = W · x^T``, split-K optional) with cheaper dequantization:
+code ``j`` of every word in a tile is masked in place and OR-ed into 2^23's mantissa (see
+``triton_gemv``), so plane ``j`` is the ``(BN, BK/codes_per_word)`` matrix ``(q - zero)·2^p``,
+exact in bf16. Each plane meets the matching strided slice of x, pre-scaled by ``2^-p`` (exact),
+in its own dot; the scale multiplies the tile's partial product once per row (one group per
+tile). Per code: one logic op, one add, half a conversion; no shuffles to rebuild input order.
+
+Needs 16 words per row and tile (``tl.dot``'s minimum K) inside one group: 4-bit groups of 128
+or more, 8-bit groups of 64 or more (per-channel included); other formats use ``triton_mma``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_splitk import reduce_partials
+
+
+@triton.jit
+def _mma_planes_kernel(
+    x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr,
+    M, N, K, KW, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn, stride_om,
+    BITS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    EPW: tl.constexpr = 32 // BITS
+    HALF: tl.constexpr = EPW // 2
+    BW: tl.constexpr = BK // EPW
+    CODE_MASK: tl.constexpr = (1 << BITS) - 1
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rm = pid_m * BM + tl.arange(0, BM)
+    n_mask = rn < N
+    m_mask = rm < M
+    k_tiles = tl.cdiv(K, BK)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    first = pid_k * per_split
+    last = tl.minimum(first + per_split, k_tiles)
+    acc = tl.zeros((BN, BM), tl.float32)
+    for tile in range(first, last):
+        rw = tile * BW + tl.arange(0, BW)
+        words = tl.load(wq_ptr + rn[:, None] * stride_wn + rw[None, :],
+                        mask=n_mask[:, None] & (rw < KW)[None, :], other=0)
+        high = words >> 16  # arithmetic shift: the sign bits it drags in are masked below
+        g = (tile * BK) // group
+        scale = tl.load(s_ptr + rn * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+        if HAS_ZERO:
+            zero = tl.load(z_ptr + rn * stride_zn + g, mask=n_mask, other=0).to(tl.float32)
+        else:
+            zero = tl.full((BN,), 1 << (BITS - 1), tl.float32)
+        part = tl.zeros((BN, BM), tl.float32)
+        for j in tl.static_range(EPW):
+            if j < HALF:
+                half = words
+            else:
+                half = high
+            q_shifted = ((half & (CODE_MASK << ((j % HALF) * BITS))) | 0x4B000000).to(tl.float32, bitcast=True)
+            plane = (q_shifted - (8388608.0 + zero * (1 << ((j % HALF) * BITS)))[:, None]).to(x_ptr.dtype.element_ty)
+            rk = tile * BK + tl.arange(0, BW) * EPW + j
+            xt = tl.load(x_ptr + rm[None, :] * stride_xm + rk[:, None] * stride_xk,
+                         mask=(rk < K)[:, None] & m_mask[None, :], other=0.0)
+            xt = (xt.to(tl.float32) * (1.0 / (1 << ((j % HALF) * BITS)))).to(x_ptr.dtype.element_ty)
+            part = tl.dot(plane, xt, part)
+        acc += part * scale[:, None]
+    mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + rm[None, :] * stride_om + rn[:, None], acc.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+    else:  # partial sums into the (SPLIT_K, M, N) workspace; bias comes with the reduction
+        tl.store(out_ptr + pid_k * M * N + rm[None, :] * N + rn[:, None], acc, mask=mask)
+
+
+def planes_fit(layout, block_k: int) -> bool:
+    """Whether a K tile of ``block_k`` gives 16 words per row inside one group."""
+    bk = layout.block_k(block_k)
+    return bk * layout.bits // 32 >= 16
+
+
+def mma_planes(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
+    """``x (M, K)`` (any strides) times the layer's weight → ``(M, N)`` in ``x``'s dtype."""
+    if not planes_fit(layout, cfg.block_k):
+        raise ValueError(f"int{layout.bits} group {layout.group_size}: K tile too narrow for planes")
+    m = x.shape[0]
+    bk = layout.block_k(cfg.block_k)
+    split = cfg.split_k
+    if split == 1:
+        out = torch.empty(m, layout.n, dtype=x.dtype, device=x.device)
+    else:
+        out = torch.empty(split, m, layout.n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(layout.n, cfg.block_n), triton.cdiv(m, cfg.block_m), split)
+    _mma_planes_kernel[grid](
+        x, layout.packed, layout.scale, layout.zero_or_dummy,
+        bias if bias is not None else layout.scale, out,
+        m, layout.n, layout.k, layout.kw, layout.group_for(bk), x.stride(0), x.stride(1),
+        layout.packed.stride(0), layout.stride_s, layout.stride_z, out.stride(-2),
+        BITS=layout.bits, BN=cfg.block_n, BM=cfg.block_m, BK=bk, SPLIT_K=split,
+        HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out if split == 1 else reduce_partials(out, bias, x.dtype)

@@ -1,0 +1,44 @@
+"""SmolLM2-135M (real weights) through save -> plain transformers / lowbit.load. Slow."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.algorithms.rtn_step import RTNConfig
+from lowbit.formats import FormatSpec
+from lowbit.io import inspect_checkpoint, load, save
+from lowbit.quantize import quantize_model
+from lowbit.recipes import Recipe
+from lowbit.sources import DEFAULT_MODEL, load_model
+from test_io_child import run_child
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_w4_g64_compressed_tensors_roundtrip(tmp_path):
+    model, tokenizer = load_model(DEFAULT_MODEL)
+    # The first 4 of 30 blocks: real weights and widths (576 is not a multiple of 128), a
+    # fraction of the quantize and load time.
+    model.model.layers = model.model.layers[:4]
+    model.config.num_hidden_layers = 4
+    recipe = Recipe(format=FormatSpec(bits=4, sym=False, group_size=64), steps=(RTNConfig(clip=None),))
+    quantize_model(model, recipe, progress=False)
+    ids = tokenizer("def add(a, b):\n    return a + b", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    out = save(model, tokenizer, tmp_path / "smollm2-w4g64")
+    torch.save({"ids": ids, "logits": logits}, tmp_path / "ref.pt")
+
+    info = inspect_checkpoint(out)
+    assert info["format"] == "compressed-tensors" and info["quantized_layers"] == 4 * 7
+    assert info["bits_per_weight"] == pytest.approx(4 + (32 + 4) / 64)  # float32 scales, packed zeros
+
+    report = run_child([{"dir": str(out), "ref": str(tmp_path / "ref.pt")}], tmp_path)
+    (result,) = report["results"]
+    assert not report["lowbit_imported"] and "error" not in result, result
+    assert result["max_abs_diff"] <= 1e-4 * result["ref_max_abs"]
+
+    loaded, loaded_tokenizer = load(out)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, logits)
+    assert loaded_tokenizer("def add")["input_ids"] == tokenizer("def add")["input_ids"]
