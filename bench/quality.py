@@ -36,6 +36,7 @@ CALIB_WINDOWS = 24  # pydoc-last24
 
 sys.path.insert(0, str(HERE))
 import results_file  # noqa: E402
+from fp_copy import save_float_copy  # noqa: E402
 from checkpoints import load_compressed_tensors, load_lowbit, read_meta, storage  # noqa: E402
 from lowbit_recipes import BY_NAME, LOWBIT_RECIPES, row_setting  # noqa: E402
 
@@ -45,26 +46,6 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- quantization (one process each)
-
-def save_float_copy(model, tokenizer, work: Path) -> Path:
-    """The FP model saved dense (safetensors), for the quantization processes to load quickly.
-
-    transformers records ``quantization_config: {quant_method: gguf}`` on a model loaded from a
-    GGUF although every weight is dense float32; dropped, or the copy would not load as float.
-    """
-    out = work / "fp-float32"
-    if (out / "config.json").exists():
-        return out
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
-
 
 def quantize_all(names: list[str], work: Path, reuse: bool, threads: int | None,
                  model_dir: Path) -> dict[str, Path]:
@@ -119,7 +100,7 @@ def peer_setting(meta: dict) -> dict:
         | {"kv_cache": None, "seqlen": SEQLEN}
 
 
-def header(lee_windows, peer_versions: dict) -> dict:
+def header(lee_windows, calib_windows, peer_versions: dict) -> dict:
     import torch
     import transformers
 
@@ -128,7 +109,7 @@ def header(lee_windows, peer_versions: dict) -> dict:
     n, seqlen = lee_windows.shape
     return {
         "model": "smollm2-135m", "calib": "pydoc-128x512", "eval": "lee-512",
-        "tokens": int(n * (seqlen - 1)), "windows": int(n),
+        "tokens": int(n * (seqlen - 1)), "windows": int(n), "calib_windows": int(calib_windows.shape[0]),
         "machine": machine(),
         "versions": {"lowbit": lowbit.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__,
@@ -230,7 +211,7 @@ def main(argv=None) -> int:
               "peak_rss_gib": fp_meta.get("peak_rss_gib")}
     rows = [fp_row] + [row_from(metas[k], settings[k], on_lee[k], on_pydoc[k], stores[k])
                        for k in candidates]
-    doc = results_file.merge(header(lee, peer_versions), rows, a.out)
+    doc = results_file.merge(header(lee, pydoc, peer_versions), rows, a.out)
     md = results_file.write_markdown(doc, a.out)
     print(results_file.render(doc))
     log(f"wrote {a.out} and {md}; quantization phase {t_quant:.0f}s, evaluation {t_eval:.0f}s, "

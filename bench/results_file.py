@@ -18,7 +18,7 @@ QUALITY_JSON = RESULTS_DIR / "quality.json"
 # What makes two rows "the same measurement": a later run of it replaces the earlier one.
 ROW_KEY = ("tool", "recipe", "acts", "kv_cache", "seqlen")
 # Header fields that must agree before rows are put in one table (else the numbers don't compare).
-PROTOCOL_FIELDS = ("model", "calib", "eval", "tokens", "windows")
+PROTOCOL_FIELDS = ("model", "calib", "eval", "tokens", "windows", "calib_windows")
 ROW_FIELDS = ("tool", "recipe", "method", "bits", "group_size", "sym", "acts", "ppl", "ppl_calib",
               "kl", "top1", "bits_per_weight", "size_mb", "quant_s", "peak_rss_gib", "kv_cache",
               "seqlen")
@@ -146,7 +146,7 @@ def render(doc: dict, bar: float = 1.02) -> str:
         "",
         f"- calibration text: `{doc.get('calib')}`",
         f"- evaluation: `{doc.get('eval')}`, {doc.get('windows')} windows, {tokens} predicted "
-        "tokens; `ppl_calib` on `pydoc-last24` (24 windows of 512, 12,264 predicted tokens)",
+        f"tokens; `ppl_calib` on `pydoc-last24` ({doc.get('calib_windows', 24)} windows of 512)",
         f"- machine: {doc.get('machine')}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items())),
         f"- date: {doc.get('date')}",

@@ -37,18 +37,19 @@ def quantized(model_dir, tmp_path_factory) -> Path:
 def run_bad(args, out: Path | None = None):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2, r.output
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and r.stderr.rstrip().splitlines()[-1] == errors[0], r.stderr
     assert "Traceback" not in r.output + r.stderr
     if out is not None:
         assert not out.exists()
-    return lines[0]
+    return errors[0]
 
 
 def test_quantize_writes_checkpoint_and_report(quantized):
     report = json.loads((quantized / "report.json").read_text())
-    rows = {r["model"]: r for r in report["evaluation"]["rows"]}
-    assert rows["quantized"]["bits_per_weight"] < 5
+    rows = {r["name"]: r for r in report["evaluation"]["rows"]}
+    # int4 codes + one float32 scale and a 4-bit zero per group of 32
+    assert rows["quantized"]["bits_per_weight"] == pytest.approx(4 + (32 + 4) / 32)
     assert 0 < rows["quantized"]["top1"] <= 1 and rows["quantized"]["kl"] >= 0
     assert (quantized / "report.md").read_text().count("|") > 10
     assert (quantized / "recipe.yaml").exists()

@@ -95,12 +95,12 @@ def test_config_is_what_compressed_tensors_serialises():
     group = qc["config_groups"]["group_0"]
     assert group["targets"] == ["Linear"] and group["format"] == "pack-quantized"
     assert group["weights"] == {"num_bits": 4, "type": "int", "symmetric": False, "group_size": 32,
-                                "strategy": "group", "dynamic": False}
+                                "strategy": "group", "dynamic": False, "zp_dtype": "torch.int8"}
     # Round trip through compressed-tensors' schema changes nothing it knows about.
     parsed = QuantizationConfig.model_validate(qc).model_dump(mode="json", exclude=["quant_method"])
     assert parsed == {k: v for k, v in qc.items() if k in parsed}
     sym = ct.quantization_config(quantized_llama(FormatSpec(bits=4, sym=True, group_size=-1)))
-    assert "dequantize" not in sym
+    assert "dequantize" not in sym and "zp_dtype" not in sym["config_groups"]["group_0"]["weights"]
     assert sym["config_groups"]["group_0"]["weights"]["strategy"] == "channel"
 
 
@@ -181,3 +181,39 @@ def test_lowbit_load_compressed_tensors_gives_same_integers(saved_cases, case):
             assert torch.equal(theirs[n].weight_zero, m.weight_zero)
     with torch.no_grad():
         assert torch.equal(loaded(tiny_models.input_ids()).logits, logits)
+
+
+def test_lowbit_load_reads_what_compressed_tensors_itself_writes(tmp_path):
+    """The llm-compressor save path (ModelCompressor: compress_model, save_pretrained,
+    update_config) on qparams we chose, read back by lowbit.load into the same integers."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationArgs, apply_quantization_config
+
+    from lowbit.algorithms.rtn import rtn
+
+    spec = FormatSpec(bits=4, sym=False, group_size=32)
+    model = tiny_models.build("llama")
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=False, strategy="group", group_size=32))
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
+    expected = {}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if getattr(m, "quantization_scheme", None) is None:
+                continue
+            qw = rtn(m.weight, spec, None)
+            expected[name] = qw
+            m.weight.copy_(qw.dequantize(torch.float32))
+            m.weight_scale.copy_(qw.scale)
+            m.weight_zero_point.copy_((qw.zero - 8).to(torch.int8))
+    compressor = ModelCompressor.from_pretrained_model(model, "pack-quantized")
+    compressor.compress_model(model)
+    model.save_pretrained(tmp_path / "ct")
+    compressor.update_config(tmp_path / "ct")
+
+    loaded, _ = load(tmp_path / "ct")
+    for name, qw in expected.items():
+        m = dict(loaded.named_modules())[name]
+        assert isinstance(m, QuantLinear) and m.spec == spec
+        assert torch.equal(m.codes(), qw.codes) and torch.equal(m.weight_zero, qw.zero)
+        assert torch.equal(m.weight_scale, qw.scale)

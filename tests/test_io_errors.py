@@ -5,12 +5,13 @@ import json
 import os
 
 import pytest
+import torch
 
 import tiny_models
 from lowbit.algorithms.rtn_step import RTNConfig
 from lowbit.errors import InputError
 from lowbit.formats import FormatSpec
-from lowbit.io import inspect_checkpoint, load, save
+from lowbit.io import check_output_dir, inspect_checkpoint, is_quantized_checkpoint, load, save
 from lowbit.io.atomic import atomic_directory
 from lowbit.quantize import quantize_model
 from lowbit.recipes import Recipe
@@ -104,7 +105,32 @@ def test_missing_weights_file(saved, tmp_path):
         load(bad)
 
 
+def test_is_quantized_checkpoint(saved, tmp_path):
+    assert is_quantized_checkpoint(saved)
+    tiny_models.build("llama").save_pretrained(tmp_path / "float")
+    for other in (tmp_path / "float", tmp_path / "missing", "HuggingFaceTB/SmolLM2-135M", tmp_path):
+        assert not is_quantized_checkpoint(other)
+
+
 # ---- save ------------------------------------------------------------------------------------
+
+def test_check_output_dir_before_any_work(saved, tmp_path):
+    assert check_output_dir(tmp_path / "new") == (tmp_path / "new").absolute()
+    assert check_output_dir(saved, overwrite=True) == saved
+    with pytest.raises(InputError, match="already exists"):
+        check_output_dir(saved)
+    assert not (tmp_path / "new").exists()
+
+
+def test_module_state_compressed_tensors_cannot_hold_goes_native(tmp_path):
+    m = tiny_models.build("llama")
+    quantize_model(m, Recipe(format=FormatSpec(bits=4, sym=True, group_size=32), steps=(RTNConfig(clip=None),)),
+                   progress=False)
+    m.model.layers[0].mlp.up_proj.register_buffer("weight_perm", torch.arange(64))
+    with pytest.raises(InputError, match="weight_perm"):
+        save(m, None, tmp_path / "ct", format="compressed-tensors")
+    assert inspect_checkpoint(save(m, None, tmp_path / "auto"))["format"] == "native"
+
 
 def test_existing_output_refused_then_overwritten(model, saved, tmp_path):
     out = tmp_path / "out"

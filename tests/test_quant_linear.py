@@ -18,7 +18,8 @@ CASES = [  # (bits, sym, group_size, out_features, in_features)
 def float64_weight(qw) -> torch.Tensor:
     """(q - zero)·scale in float64 from the rounder's own codes and block parameters."""
     spec, (out_f, in_f) = qw.spec, qw.shape
-    zero = qw.zero.double() if qw.zero is not None else torch.full_like(qw.scale, 2 ** (spec.bits - 1), dtype=torch.float64)
+    mid = torch.full_like(qw.scale, 2 ** (spec.bits - 1), dtype=torch.float64)
+    zero = qw.zero.double() if qw.zero is not None else mid
     scale = qw.scale.double()
     if spec.group_size > 0:
         zero, scale = (t.repeat_interleave(spec.group_size, dim=1) for t in (zero, scale))

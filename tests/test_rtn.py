@@ -49,7 +49,8 @@ def test_clip_search_never_worse_than_plain_rtn_per_block(spec):
     improved = 0
     for seed in range(8):
         g = torch.Generator().manual_seed(seed)
-        out_f, in_f = int(torch.randint(3, 40, (1,), generator=g)), 32 * int(torch.randint(1, 4, (1,), generator=g))
+        out_f = int(torch.randint(3, 40, (1,), generator=g))
+        in_f = 32 * int(torch.randint(1, 4, (1,), generator=g))
         w = heavy_tailed(out_f, in_f, seed) if seed % 2 else torch.randn(out_f, in_f, generator=g)
         plain = block_mse(w, rtn(w, spec, None), spec)
         clipped = block_mse(w, rtn(w, spec, ClipSearch(grid=12, min_ratio=0.4)), spec)
@@ -117,6 +118,9 @@ def test_block_error_equals_float64_reconstruction_error():
         got_w = block_error(b.float(), scale, zero, spec, importance=imp)
         ref_w = (((q - z64) * s64 - b.double()).pow(2) * imp.double()).sum(-1)
         torch.testing.assert_close(got_w.double(), ref_w, rtol=1e-5, atol=1e-12)
+        got_p = block_error(b.float(), scale, zero, spec, norm=2.4)
+        ref_p = ((q - z64) * s64 - b.double()).abs().pow(2.4).sum(-1)
+        torch.testing.assert_close(got_p.double(), ref_p, rtol=1e-5, atol=1e-12)
 
 
 def test_int8_per_channel_sym_sqnr_floor_on_gaussian_weights():
@@ -170,7 +174,8 @@ def test_clip_search_and_rtn_config_validate_and_round_trip():
     for bad in (dict(grid=0), dict(min_ratio=0.0), dict(min_ratio=1.5), dict(norm=0)):
         with pytest.raises(ValueError):
             ClipSearch(**bad)
-    for cfg in (RTNConfig(), RTNConfig(clip=None), RTNConfig(clip=ClipSearch(grid=5, min_ratio=0.7, norm=2.4))):
+    custom = RTNConfig(clip=ClipSearch(grid=5, min_ratio=0.7, norm=2.4))
+    for cfg in (RTNConfig(), RTNConfig(clip=None), custom):
         assert RTNConfig.from_dict(cfg.to_dict()) == cfg
     assert RTNConfig.from_dict({"method": "rtn"}) == RTNConfig()
     assert RTNConfig.from_dict({"method": "rtn", "clip": False}) == RTNConfig(clip=None)

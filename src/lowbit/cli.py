@@ -118,26 +118,27 @@ def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, ca
     summary = {"model": model, "recipe": recipe.to_dict(), "quantization": report.to_dict(),
                "quant_s": round(quant_s, 2)}
     if windows is not None:
-        summary["evaluation"] = _before_after(float_model, qmodel, windows, out, eval_text, progress)
+        ev = _before_after(float_model, qmodel, windows, out, eval_text, progress)
+        summary.update(evaluation=ev, text=ev["text"], seqlen=ev["seqlen"], windows=ev["windows"],
+                       tokens=ev["tokens"], rows=ev["rows"])
     from .eval import write_report
     write_report(out, summary)
     click.echo(f"report  {out / 'report.md'}")
 
 
 def _before_after(float_model, qmodel, windows, out, eval_text, progress) -> dict:
-    from .eval import bits_per_weight, checkpoint_size_mb, evaluate, format_table
-    fp = evaluate(float_model, windows, progress=progress)
-    q = evaluate(qmodel, windows, reference=float_model, progress=progress)
-    fp_bytes = sum(p.numel() * p.element_size() for p in float_model.parameters())
-    rows = [
-        {"model": "float", "ppl": fp.ppl, "kl": 0.0, "top1": 1.0, "size_mb": fp_bytes / 2**20,
-         "bits_per_weight": 8.0 * next(float_model.parameters()).element_size()},
-        {"model": "quantized", "ppl": q.ppl, "kl": q.kl, "top1": q.top1,
-         "size_mb": checkpoint_size_mb(out), "bits_per_weight": bits_per_weight(qmodel)},
-    ]
-    click.echo(f"\n{eval_text}: {q.windows} windows, {q.tokens} predicted tokens")
+    """One lockstep pass: the quantized model beside the float one gives both rows."""
+    from .eval import before_after_rows, bits_per_weight, checkpoint_size_mb, evaluate, format_table
+    from .eval import model_size_mb
+    r = evaluate(qmodel, windows, reference=float_model, progress=progress)
+    fp_bits = 8.0 * next(float_model.parameters()).element_size()
+    rows = before_after_rows(r, "quantized", fp_size_mb=model_size_mb(float_model),
+                             quant_size_mb=checkpoint_size_mb(out), fp_bits=fp_bits,
+                             quant_bits=bits_per_weight(qmodel))
+    click.echo(f"\n{eval_text}: {r.windows} windows of {r.seqlen} tokens, {r.tokens} predicted tokens")
     click.echo(format_table(rows))
-    return {"text": eval_text, "windows": q.windows, "tokens": q.tokens, "rows": rows}
+    return {"text": eval_text, "windows": r.windows, "seqlen": r.seqlen, "tokens": r.tokens,
+            "rows": rows, "seconds": r.seconds}
 
 
 @main.command("eval")
@@ -159,7 +160,10 @@ def eval_cmd(path, text, seqlen, n_windows, reference, quiet):
     ref = _load_any(reference)[0] if reference else None
     r = evaluate(model, windows, reference=ref, progress=not quiet)
     click.echo(f"{text}: {r.windows} windows, {r.tokens} predicted tokens")
-    click.echo(format_table([{"model": path, "ppl": r.ppl, "kl": r.kl, "top1": r.top1}]))
+    rows = [{"name": path, "ppl": r.ppl, "kl": r.kl, "top1": r.top1}]
+    if ref is not None:
+        rows.insert(0, {"name": reference, "ppl": r.ref_ppl})
+    click.echo(format_table(rows))
 
 
 def _load_any(path: str):

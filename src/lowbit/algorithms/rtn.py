@@ -71,8 +71,9 @@ def block_error(
         mid = 1 << (spec.bits - 1)
         t.clamp_(-mid, spec.qmax - mid)
     else:
+        # Two one-sided clamps: a clamp with two broadcast tensor bounds is ~10x slower on CPU.
         z = zero.float().unsqueeze(-1)
-        torch.clamp(t, min=-z, max=spec.qmax - z, out=t)
+        t.clamp_(min=-z).clamp_(max=spec.qmax - z)
     t.mul_(s).sub_(b)
     if norm == 2:
         t.square_()

@@ -20,30 +20,29 @@ def packed_width(n: int, bits: int) -> int:
     return math.ceil(n * bits / 32)
 
 
-def _to_int32(words64: torch.Tensor) -> torch.Tensor:
-    # Reinterpret unsigned 32-bit values held in int64 as signed int32 (two's complement).
-    return torch.where(words64 >= 2**31, words64 - 2**32, words64).to(torch.int32)
-
-
 def _pack_lsb(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """codes ``(..., n)`` integers in [0, 2^bits) → int32 ``(..., ceil(n·bits/32))``."""
+    """codes ``(..., n)`` integers in [0, 2^bits) → int32 ``(..., ceil(n·bits/32))``.
+
+    32 codes fill exactly ``bits`` words whatever the width, and code ``i`` of such a period
+    sits at bit ``i·bits``; for 3 bits its top bits spill into the next word when it crosses a
+    word boundary. One strided pass per code position works in int32 at the codes' own size
+    (expanding every code into its bits would cost ~100 bytes per code).
+    """
     n = codes.shape[-1]
     lead = codes.shape[:-1]
-    c = codes.to(torch.int64)
-    if 32 % bits == 0:
-        per = 32 // bits
-        pad = (-n) % per
-        c = torch.nn.functional.pad(c, (0, pad)).reshape(*lead, -1, per)
-        shifts = torch.arange(per, device=c.device, dtype=torch.int64) * bits
-        return _to_int32((c << shifts).sum(-1))
-    # General bitstream: 32 codes fill exactly `bits` words.
+    c = codes.to(torch.int32)
     pad = (-n) % 32
-    c = torch.nn.functional.pad(c, (0, pad)).reshape(*lead, -1, 32)
-    bit_idx = torch.arange(bits, device=c.device, dtype=torch.int64)
-    stream = ((c.unsqueeze(-1) >> bit_idx) & 1).reshape(*lead, -1, bits, 32)
-    weights = torch.ones(32, device=c.device, dtype=torch.int64) << torch.arange(32, device=c.device)
-    words = (stream * weights).sum(-1).reshape(*lead, -1)
-    return _to_int32(words[..., : packed_width(n, bits)])
+    if pad:
+        c = torch.nn.functional.pad(c, (0, pad))
+    c = c.reshape(*lead, -1, 32)
+    words = torch.zeros(*lead, c.shape[-2], bits, dtype=torch.int32, device=c.device)
+    for i in range(32):
+        word, offset = divmod(i * bits, 32)
+        # int32 shifts into the sign bit wrap to the two's complement pattern we want.
+        words[..., word] |= c[..., i] << offset
+        if offset + bits > 32:
+            words[..., word + 1] |= c[..., i] >> (32 - offset)
+    return words.reshape(*lead, -1)[..., : packed_width(n, bits)]
 
 
 def _unpack_lsb(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -56,13 +55,27 @@ def _unpack_lsb(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         shifts = torch.arange(per, device=words.device, dtype=torch.int32) * bits
         c = (words.to(torch.int32).unsqueeze(-1) >> shifts) & mask
         return c.reshape(*lead, -1)[..., :n].to(torch.uint8)
-    w = words.to(torch.int64) & 0xFFFFFFFF
+    return _unpack_stream(words, bits, n)
+
+
+def _unpack_stream(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Widths that do not divide 32 (3 bits): :func:`_pack_lsb` undone one code position at a time."""
+    lead = words.shape[:-1]
+    mask = (1 << bits) - 1
+    w = words.to(torch.int32)
     pad = (-w.shape[-1]) % bits
-    w = torch.nn.functional.pad(w, (0, pad)).reshape(*lead, -1, bits)
-    stream = (w.unsqueeze(-1) >> torch.arange(32, device=w.device)) & 1  # (..., G, bits, 32)
-    stream = stream.reshape(*lead, -1, 32, bits)
-    c = (stream << torch.arange(bits, device=w.device)).sum(-1)
-    return c.reshape(*lead, -1)[..., :n].to(torch.uint8)
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    w = w.reshape(*lead, -1, bits)
+    codes = torch.empty(*lead, w.shape[-2], 32, dtype=torch.uint8, device=w.device)
+    for i in range(32):
+        word, offset = divmod(i * bits, 32)
+        v = w[..., word] >> offset
+        if offset + bits > 32:
+            # The arithmetic shift filled the top with sign bits: keep only the low part.
+            v = (v & ((1 << (32 - offset)) - 1)) | (w[..., word + 1] << (32 - offset))
+        codes[..., i] = v & mask
+    return codes.reshape(*lead, -1)[..., :n]
 
 
 PACKINGS["int32-lsb"] = (_pack_lsb, _unpack_lsb)

@@ -1,8 +1,9 @@
 """Checkpoint input/output: compressed-tensors pack-quantized and lowbit's native layout."""
-from .checkpoint import choose_format, detect_format, inspect, load, save
+from .atomic import check_writable_target as check_output_dir
+from .checkpoint import choose_format, detect_format, inspect, is_quantized_checkpoint, load, save
 from .files import CheckpointError
 
 inspect_checkpoint = inspect
 
-__all__ = ["CheckpointError", "choose_format", "detect_format", "inspect", "inspect_checkpoint",
-           "load", "save"]
+__all__ = ["CheckpointError", "check_output_dir", "choose_format", "detect_format", "inspect",
+           "inspect_checkpoint", "is_quantized_checkpoint", "load", "save"]

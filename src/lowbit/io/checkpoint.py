@@ -101,6 +101,15 @@ def _checked_extra_files(extra: dict[str, str | bytes]) -> dict[str, str | bytes
 
 # ---- loading ---------------------------------------------------------------------------------
 
+def is_quantized_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a directory lowbit.load reads (never raises: ``path`` may be a hub id)."""
+    try:
+        detect_format(path)
+    except (InputError, OSError):
+        return False
+    return True
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """"compressed-tensors" or "native" from config.json; InputError for anything else."""
     p = checkpoint_dir(path)
@@ -122,6 +131,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
     Returns ``(model, tokenizer)``: an eval-mode model whose quantized layers are lowbit
     ``QuantLinear`` modules, and the tokenizer saved beside it (None if there is none).
+    compressed-tensors checkpoints from other tools (llm-compressor W4A16 and the like) load too:
+    layers are found with compressed-tensors' own target/ignore matcher.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -135,7 +146,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
         config.quantization_config = {
             "quant_method": "lowbit", "layout": "compressed-tensors",
             "compressed_tensors": read_json(p / CONFIG_NAME)["quantization_config"],
-            "recipe": _recipe_yaml(p)}
+            "recipe": _lowbit_recipe(_recipe_yaml(p))}
     try:
         model = AutoModelForCausalLM.from_pretrained(p, config=config)
     except RuntimeError as e:
@@ -157,6 +168,17 @@ def _recipe_yaml(p: Path) -> dict | None:
     except yaml.YAMLError as e:
         raise CheckpointError(f"{f}: not valid YAML ({e})") from None
     return data if isinstance(data, dict) else None
+
+
+def _lowbit_recipe(data: dict | None) -> dict | None:
+    """``data`` if it is a lowbit recipe; None for other tools' recipe.yaml (llm-compressor's)."""
+    from ..recipes import Recipe
+
+    try:
+        Recipe.from_dict(data or {})
+    except (ValueError, TypeError, KeyError):
+        return None
+    return data
 
 
 def _tokenizer(p: Path):

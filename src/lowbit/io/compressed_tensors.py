@@ -18,7 +18,11 @@ Both sides dequantize as ``(q_s - z_s)·scale = (q - z)·scale``, so logits agre
 
 The config block is built with compressed-tensors' own pydantic models and wrapped the way
 ``ModelCompressor.update_config`` does (``version``, ``quant_method``, ``sparsity_config``,
-``transform_config``), keys sorted, as llm-compressor writes it — with one addition where needed:
+``transform_config``), keys sorted, as llm-compressor writes it. Checked against a checkpoint
+llm-compressor 0.14 wrote for the same tiny model (W4 g32 asym, RTN min-max): identical tensor
+names, shapes, dtypes and packed codes; its ``weights`` entry also lists ``observer`` (lowbit does
+not use compressed-tensors' observers, so none is claimed) and null ``actorder``/``block_structure``
+/``scale_dtype``, which compressed-tensors 0.20's serializer omits. One addition where needed:
 
 ``"dequantize": true`` for asymmetric group/channel formats. transformers 5.23 with
 compressed-tensors 0.20 cannot load such checkpoints on its default path: it builds the compressed
@@ -48,6 +52,8 @@ from .layers import group_by_format, quantized_modules
 CT_FORMAT = "pack-quantized"
 CT_METHOD = "compressed-tensors"
 _STRATEGY = {"group": "group", "channel": "channel", "tensor": "tensor"}
+# A QuantLinear's state; "weight" is the native sentinel a loaded module may carry.
+_KNOWN_TENSORS = {"weight_packed", "weight_scale", "weight_zero", "bias", "weight"}
 
 
 def why_not_expressible(model: nn.Module) -> str | None:
@@ -63,6 +69,9 @@ def why_not_expressible(model: nn.Module) -> str | None:
     for name, m in layers.items():
         if m.spec.kind != "int" or not 1 <= m.spec.bits <= 8:
             return f"{name} uses {m.spec.label()}, which pack-quantized cannot hold"
+        extra = set(m.state_dict()) - _KNOWN_TENSORS
+        if extra:
+            return f"{name} carries tensors compressed-tensors has no place for ({', '.join(sorted(extra))})"
     groups = group_by_format(layers)
     if len(groups) > 1 and any(packed_zero_point(spec) for spec, _ in groups):
         return ("it mixes several formats with asymmetric zero points, which transformers cannot "
@@ -82,6 +91,8 @@ def weight_args(spec: FormatSpec) -> dict:
 
     kw = dict(num_bits=spec.bits, type="int", symmetric=spec.sym, strategy=_STRATEGY[spec.granularity],
               group_size=spec.group_size if spec.group_size > 0 else None, dynamic=False)
+    if not spec.sym:
+        kw["zp_dtype"] = "torch.int8"  # the signed zero points' dtype before packing, as llm-compressor records
     if spec.scale_dtype:
         kw["scale_dtype"] = f"torch.{spec.scale_dtype}"
     return QuantizationArgs(**kw).model_dump()
@@ -151,7 +162,7 @@ def layer_tensors(m: QuantLinear) -> dict[str, torch.Tensor]:
 def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = {k: v for k, v in model.state_dict().items()}
     for name, m in quantized_modules(model).items():
-        for k in ("weight_packed", "weight_scale", "weight_zero", "bias", "weight"):  # weight: a sentinel
+        for k in _KNOWN_TENSORS:
             sd.pop(f"{name}.{k}", None)
         sd.update({f"{name}.{k}": v for k, v in layer_tensors(m).items()})
     return sd

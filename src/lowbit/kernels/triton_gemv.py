@@ -1,15 +1,11 @@
 """Triton GEMV for weight-only layers at batch 1 (decode): no tensor cores, split-K optional.
 
 Each program owns ``BN`` output rows and a contiguous run of K tiles, ``UNROLL`` tiles per loop
-step: their loads are independent, so they are all in flight before the first is used.
-
-Why "planes": a decode GEMV must spend only a few instructions per 4-bit code, or it becomes
-instruction-bound long before it is bandwidth-bound (Hopper issues integer ops at half the FP32
-rate). Code ``j`` of a word is masked *in place* (no shift) and OR-ed into the mantissa of 2^23:
-the float is ``2^23 + q·2^p`` exactly (``p`` = its bit position within the word's half). After
-subtracting 2^23, multiplying by ``x·2^-p`` (an exact rescaling of x, shared by all rows) gives
-``q·x``. Per code that is one logic op, one add and one FMA. The zero point comes in once per
-row and tile as ``zero · Σx`` and the scale once per row and tile (a tile lies in one group).
+step: their loads are independent, so they are all in flight before the first is used (a
+decode GEMV is bound by how many bytes are in flight, not by arithmetic). Per weight it spends
+one shift, one logic op, one add and one multiply-add (``(q - zero)·x``); the scale is applied
+once per row and tile, after the reduction over the tile, which is exact because a tile lies in
+one group.
 """
 from __future__ import annotations
 
@@ -17,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_dequant import load_codes_minus_zero
 from .triton_splitk import reduce_partials
 
 
@@ -27,10 +24,6 @@ def _gemv_kernel(
     BITS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UNROLL: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    EPW: tl.constexpr = 32 // BITS     # codes per int32 word
-    HALF: tl.constexpr = EPW // 2      # codes per 16-bit half-word
-    BW: tl.constexpr = BK // EPW       # words per row and tile
-    CODE_MASK: tl.constexpr = (1 << BITS) - 1
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -44,31 +37,14 @@ def _gemv_kernel(
     for step in range(first, last, UNROLL):
         for u in tl.static_range(UNROLL):
             tile = step + u
-            # A tile past `last` loads nothing: zero codes and zero x add nothing.
+            # A tile past `last` loads nothing: zero codes times zero x add nothing.
             live = n_mask & ((tl.zeros((BN,), tl.int32) + tile) < last)
-            rw = tile * BW + tl.arange(0, BW)
-            words = tl.load(wq_ptr + rn[:, None] * stride_wn + rw[None, :],
-                            mask=live[:, None] & (rw < KW)[None, :], other=0)
-            high = words >> 16  # arithmetic shift: the sign bits it drags in are masked below
-            g = (tile * BK) // group
-            scale = tl.load(s_ptr + rn * stride_sn + g, mask=live, other=0.0).to(tl.float32)
-            if HAS_ZERO:
-                zero = tl.load(z_ptr + rn * stride_zn + g, mask=live, other=0).to(tl.float32)
-            else:
-                zero = tl.full((BN,), 1 << (BITS - 1), tl.float32)
-            dot_q = tl.zeros((BN, BW), tl.float32)
-            x_sum = tl.zeros((BW,), tl.float32)
-            for j in tl.static_range(EPW):
-                if j < HALF:
-                    half = words
-                else:
-                    half = high
-                q_shifted = ((half & (CODE_MASK << ((j % HALF) * BITS))) | 0x4B000000).to(tl.float32, bitcast=True)
-                rk = tile * BK + tl.arange(0, BW) * EPW + j
-                xj = tl.load(x_ptr + rk * stride_xk, mask=rk < k_end, other=0.0).to(tl.float32)
-                x_sum += xj
-                dot_q += (q_shifted - 8388608.0) * (xj * (1.0 / (1 << ((j % HALF) * BITS))))[None, :]
-            acc += (tl.sum(dot_q, axis=1) - zero * tl.sum(x_sum, axis=0)) * scale
+            qz, scale = load_codes_minus_zero(wq_ptr, s_ptr, z_ptr, rn, live, tile, KW, group,
+                                              stride_wn, stride_sn, stride_zn, BITS, BN, BK,
+                                              HAS_ZERO)
+            rk = tile * BK + tl.arange(0, BK)
+            x = tl.load(x_ptr + rk * stride_xk, mask=rk < k_end, other=0.0).to(tl.float32)
+            acc += tl.sum(qz * x[None, :], axis=1) * scale
     if SPLIT_K == 1:
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
