@@ -271,11 +271,55 @@ def summary(rows: list) -> str:
     return "\n".join(lines)
 
 
+def render_markdown(d: dict) -> str:
+    """The Markdown table of a kernels.json document (both timing modes)."""
+    f = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [
+        f"# Kernels: weight-only QuantLinear on {d['device']}", "",
+        f"- torch {d['torch']}, triton {d['triton']}, gemlite {d['gemlite']}; device clock "
+        f"{d['date']}; copy ceiling {d['copy_tbps']:.2f} TB/s (read + write)",
+        f"- W4: {d['w4_format']}; W8: {d['w8_format']}; activations bf16",
+        f"- command: `{d['command']}`",
+        "- `graph`: CUDA-graph replay, weights rotated over copies larger than L2; `eager`: "
+        "`triton.testing.do_bench`, L2 flushed, Python launch included",
+        "- floor: 4-bit weights + bf16 scale and zero per 128 + activations, read once at the copy "
+        "ceiling. ×bf16 = bf16 time / lowbit time. err: max relative error of the lowbit columns vs "
+        "a float64 dequantize-then-matmul reference (per-column errors in the JSON)",
+        "- lowbit columns go through the CUDA dispatch; the kernel it chose is in the last column",
+        "",
+    ]
+    for timing in ("graph", "eager"):
+        lines += [f"## timing = {timing} (µs)", "",
+                  "| K×N | M | bf16 | int4pack | gemlite W4 | lowbit W4 | ×bf16 | % floor | lowbit W8 "
+                  "| ×bf16 | err | W4 kernel |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in d["rows"]:
+            if r["timing"] != timing:
+                continue
+            b, w4, w8 = r["bf16_us"], r["lowbit_w4a16_us"], r["lowbit_w8a16_us"]
+            ratio = lambda a, c: "—" if not a or not c else f"{a / c:.2f}"  # noqa: E731
+            floor = "—" if not w4 else f"{100 * r['floor_us'] / w4:.0f}%"
+            err = "—" if r.get("max_rel_err") is None else f"{r['max_rel_err']:.1e}"
+            lines.append(
+                f"| {r['K']}×{r['N']} | {r['M']} | {f(b)} | {f(r.get('int4pack_us'))} | "
+                f"{f(r.get('gemlite_w4a16_us'))} | {f(w4)} | {ratio(b, w4)} | {floor} | {f(w8)} | "
+                f"{ratio(b, w8)} | {err} | {r.get('lowbit_kernel', {}).get('w4a16', '')} |")
+        lines.append("")
+    if d.get("notes"):
+        lines += ["## notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x4096,8192x28672 (K×N)")
+    ap.add_argument("--render", metavar="JSON", help="only write JSON's Markdown table beside it")
     args = ap.parse_args()
+    if args.render:
+        src = Path(args.render)
+        src.with_suffix(".md").write_text(render_markdown(json.loads(src.read_text())))
+        return 0
     shapes = SHAPES if args.shapes == "all" else [
         tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     out_dir = Path(args.out)

@@ -99,14 +99,18 @@ FORMATS = [
 
 
 @pytest.mark.parametrize("spec", FORMATS, ids=lambda s: s.label().replace(" ", "-"))
-@pytest.mark.parametrize("path", ["gemv", "mma", "mma-split", "planes", "planes-split", "dequant"])
+@pytest.mark.parametrize("path", ["gemv", "gemv-planes", "gemv-planes-split", "mma", "mma-split",
+                                  "planes", "planes-split", "dequant"])
 def test_each_path_matches_float64(spec, path):
     k = 256 if spec.group_size > 0 else 200  # per-channel: K not a multiple of any tile
-    n, m = 40, (1 if path == "gemv" else 3)
+    n, m = 40, (1 if path.startswith("gemv") else 3)
     layer = make_layer(n, k, spec, bias=True, seed=hash((spec, path)) % 1000)
     x = random_x(m, k, seed=1)
     cfg = {
         "gemv": KernelConfig("gemv", block_n=16, block_k=64, unroll=3, split_k=1),
+        "gemv-planes": KernelConfig("gemv_planes", block_n=16, block_k=64, unroll=3),
+        "gemv-planes-split": KernelConfig("gemv_planes", block_n=32, block_k=32, unroll=2,
+                                          split_k=3),
         "mma": KernelConfig("mma", block_n=16, block_m=16, block_k=64, split_k=1),
         "mma-split": KernelConfig("mma", block_n=32, block_m=16, block_k=32, split_k=3),
         "planes": KernelConfig("planes", block_n=16, block_m=16, block_k=128, split_k=1),
@@ -138,7 +142,8 @@ def test_odd_batches_and_noncontiguous_input(m):
     layer8 = make_layer(n, k, FormatSpec(bits=8, sym=False, group_size=-1), bias=True, seed=m)
     ref8 = reference64(x, layer8)
     for cfg in (KernelConfig("planes", block_n=16, block_m=32, block_k=64, split_k=2),
-                KernelConfig("gemv", block_n=8, block_k=32, unroll=2) if m == 1 else None):
+                KernelConfig("gemv", block_n=8, block_k=32, unroll=2) if m == 1 else None,
+                KernelConfig("gemv_planes", block_n=8, block_k=32, unroll=2) if m == 1 else None):
         if cfg is None:
             continue
         out = weight_only_linear_triton(x, layer8, cfg)
@@ -168,7 +173,7 @@ def test_split_k_accumulates_every_split():
     layer = make_layer(16, 128, spec, bias=True, seed=9)
     x = random_x(1, 128, seed=10)
     ref = reference64(x, layer)
-    for path in ("gemv", "mma"):
+    for path in ("gemv", "gemv_planes", "mma"):
         cfg = KernelConfig(path, block_n=16, block_m=16, block_k=32, unroll=2, split_k=8)
         assert rel_err(weight_only_linear_triton(x, layer, cfg), ref) < BF16_TOL, path
 
@@ -186,7 +191,7 @@ def test_dispatch_rules():
     assert select_kernel("cuda", "weight_only").__name__ == "weight_only_linear_cuda"
     assert [batch_bucket(m) for m in (1, 2, 3, 17, 64, 65, 5000)] == [1, 2, 4, 32, 64, 128, 4096]
     for m in (1, 2, 16, 64, 128, 1024):
-        assert all(c.path != "gemv" for c in candidates(m)) or m == 1
+        assert all(not c.path.startswith("gemv") for c in candidates(m)) or m == 1
         assert default_config(m).path in {c.path for c in candidates(m)}
     with pytest.raises(ValueError):
         weight_only_linear_triton(random_x(2, 256, 14), layer, KernelConfig("gemv"))

@@ -47,7 +47,7 @@ class GPTQParams:
 
     def __post_init__(self):
         if self.block_size < 1 or not self.damp > 0 or self.damp_retries < 0:
-            raise ValueError(f"invalid GPTQ parameters: block_size {self.block_size}, damp "
+            raise InputError(f"invalid GPTQ parameters: block_size {self.block_size}, damp "
                              f"{self.damp}, damp_retries {self.damp_retries}")
 
 
@@ -73,9 +73,10 @@ class HessianAccumulator:
 
 @contextlib.contextmanager
 def _one_thread_on_cpu(device: torch.device):
-    """The column loop is thousands of small ops: on a CPU, intra-op threads gain nothing there
-    and, on a busy machine, each op can stall waiting for its second thread (measured: 36 s
-    instead of 2.7 s for one 576x1536 matrix on a loaded 2-core machine)."""
+    """GPTQ is thousands of small ops plus a few small factorizations: on a CPU, intra-op
+    threads gain little there and, on a busy machine, each op can stall waiting for its other
+    threads (measured on a loaded 2-core machine, one 576x1536 matrix: 36 s with 2 threads, of
+    which 29 s in cholesky_inverse, against 1.4 s with one)."""
     if device.type != "cpu":
         yield
         return
@@ -148,7 +149,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         raise InputError(f"{name}: GPTQ needs per-group or per-channel scales, not per-tensor")
     group = spec.group_size if spec.group_size > 0 else in_f
     dtype = scale_dtype(spec, W.dtype)
-    with fp32_highest():
+    with fp32_highest(), _one_thread_on_cpu(W.device):
         W0 = W.detach().float()
         H0 = H.detach().float()
         W = W0.clone()
@@ -182,8 +183,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         # A dynamic group must not straddle a lazy block, so that its range is read with every
         # update pushed into it so far.
         block = params.block_size if static else -(-params.block_size // group) * group
-        with _one_thread_on_cpu(W.device):
-            _column_loop(W, U, codes, grid, col_group, block, 0 if static else group, dtype, params.clip)
+        _column_loop(W, U, codes, grid, col_group, block, 0 if static else group, dtype, params.clip)
 
         if perm is not None:
             codes = codes[:, torch.argsort(perm)]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..errors import InputError
 from ..formats import FormatSpec
 from .gptq import GPTQParams, gptq
 from .quantized_weight import QuantizedWeight
@@ -39,7 +40,7 @@ class GPTQConfig(GPTQParams):
         d = {k: v for k, v in d.items() if k != "method"}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"gptq: unknown fields {sorted(unknown)}")
+            raise InputError(f"gptq: unknown fields {sorted(unknown)}")
         clip = d.pop("clip", None)
         if clip not in (None, False):
             d["clip"] = ClipSearch(**(clip if isinstance(clip, dict) else {}))
@@ -50,5 +51,5 @@ class GPTQConfig(GPTQParams):
 def apply_gptq(w: torch.Tensor, spec: FormatSpec, config: GPTQConfig, hessian=None,
                name: str = "weight") -> QuantizedWeight:
     if hessian is None:
-        raise ValueError(f"{name}: GPTQ needs the Hessian of the layer's inputs (calibration data)")
+        raise InputError(f"{name}: GPTQ needs the Hessian of the layer's inputs (calibration data)")
     return gptq(w, hessian, spec, config, name=name)

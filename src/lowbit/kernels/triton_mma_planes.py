@@ -2,9 +2,9 @@
 
 Same product as ``triton_mma`` (``out^T = W · x^T``, split-K optional) with cheaper dequantization:
 code ``j`` of every word in a tile is masked in place and OR-ed into 2^23's mantissa (see
-``triton_gemv``), so plane ``j`` is the ``(BN, BK/codes_per_word)`` matrix ``(q - zero)·2^p``,
-exact in bf16. Each plane meets the matching strided slice of x, pre-scaled by ``2^-p`` (exact),
-in its own dot; the scale multiplies the tile's partial product once per row (one group per
+``triton_gemv_planes``), so plane ``j`` is the ``(BN, BK/codes_per_word)`` matrix
+``(q - zero)·2^p``, exact in bf16. Each plane meets the matching plane of x (``triton_xplanes``:
+regrouped once per call and pre-scaled by ``2^-p``, exact) in its own dot; the scale multiplies the tile's partial product once per row (one group per
 tile). Per code: one logic op, one add, half a conversion; no shuffles to rebuild input order.
 
 Needs 16 words per row and tile (``tl.dot``'s minimum K) inside one group: 4-bit groups of 128
@@ -17,12 +17,13 @@ import triton
 import triton.language as tl
 
 from .triton_splitk import reduce_partials
+from .triton_xplanes import x_planes
 
 
 @triton.jit
 def _mma_planes_kernel(
-    x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr,
-    M, N, K, KW, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn, stride_om,
+    xp_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr,
+    M, N, K, KW, group, stride_wn, stride_sn, stride_zn, stride_om,
     BITS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
@@ -59,12 +60,12 @@ def _mma_planes_kernel(
                 half = words
             else:
                 half = high
-            q_shifted = ((half & (CODE_MASK << ((j % HALF) * BITS))) | 0x4B000000).to(tl.float32, bitcast=True)
-            plane = (q_shifted - (8388608.0 + zero * (1 << ((j % HALF) * BITS)))[:, None]).to(x_ptr.dtype.element_ty)
-            rk = tile * BK + tl.arange(0, BW) * EPW + j
-            xt = tl.load(x_ptr + rm[None, :] * stride_xm + rk[:, None] * stride_xk,
-                         mask=(rk < K)[:, None] & m_mask[None, :], other=0.0)
-            xt = (xt.to(tl.float32) * (1.0 / (1 << ((j % HALF) * BITS)))).to(x_ptr.dtype.element_ty)
+            q_shifted = ((half & (CODE_MASK << ((j % HALF) * BITS))) | 0x4B000000).to(
+                tl.float32, bitcast=True)
+            plane = (q_shifted - (8388608.0 + zero * (1 << ((j % HALF) * BITS)))[:, None]).to(
+                xp_ptr.dtype.element_ty)
+            xt = tl.load(xp_ptr + (j * M + rm[None, :]) * KW + rw[:, None],
+                         mask=(rw < KW)[:, None] & m_mask[None, :], other=0.0)
             part = tl.dot(plane, xt, part)
         acc += part * scale[:, None]
     mask = n_mask[:, None] & m_mask[None, :]
@@ -94,12 +95,12 @@ def mma_planes(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
         out = torch.empty(m, layout.n, dtype=x.dtype, device=x.device)
     else:
         out = torch.empty(split, m, layout.n, dtype=torch.float32, device=x.device)
+    xp = x_planes(x, layout.bits, layout.kw, x.dtype)
     grid = (triton.cdiv(layout.n, cfg.block_n), triton.cdiv(m, cfg.block_m), split)
     _mma_planes_kernel[grid](
-        x, layout.packed, layout.scale, layout.zero_or_dummy,
+        xp, layout.packed, layout.scale, layout.zero_or_dummy,
         bias if bias is not None else layout.scale, out,
-        m, layout.n, layout.k, layout.kw, layout.group_for(bk), x.stride(0), x.stride(1),
-        layout.packed.stride(0), layout.stride_s, layout.stride_z, out.stride(-2),
+        m, layout.n, layout.k, layout.kw, layout.group_for(bk), layout.packed.stride(0), layout.stride_s, layout.stride_z, out.stride(-2),
         BITS=layout.bits, BN=cfg.block_n, BM=cfg.block_m, BK=bk, SPLIT_K=split,
         HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -1,7 +1,8 @@
 """Weight-only QuantLinear on CUDA through Triton: pick a kernel per (shape, format, batch bucket).
 
 Three paths:
-- ``gemv``: batch 1 without tensor cores (``triton_gemv``);
+- ``gemv``: batch 1 without tensor cores (``triton_gemv``), and ``gemv_planes``, the same with
+  fewer instructions per code after one small pass that regroups x (``triton_gemv_planes``);
 - ``mma``: dequantize in registers and dot on tensor cores, split-K for small batches
   (``triton_mma``, any group);
 - ``planes``: the same with cheaper dequantization, one dot per code position
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from .triton_dequant import dequantize
 from .triton_gemv import gemv
+from .triton_gemv_planes import gemv_planes
 from .triton_layout import WeightLayout
 from .triton_mma import mma
 from .triton_mma_planes import mma_planes, planes_fit
@@ -31,7 +33,7 @@ from .triton_mma_planes import mma_planes, planes_fit
 
 @dataclass(frozen=True)
 class KernelConfig:
-    path: str                 # "gemv" | "mma" | "planes" | "dequant"
+    path: str                 # "gemv" | "gemv_planes" | "mma" | "planes" | "dequant"
     block_n: int = 64
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
@@ -43,7 +45,7 @@ class KernelConfig:
     def label(self) -> str:
         if self.path == "dequant":
             return "dequant+cublas"
-        m = f"u{self.unroll}" if self.path == "gemv" else f"m{self.block_m}"
+        m = f"u{self.unroll}" if self.path.startswith("gemv") else f"m{self.block_m}"
         return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}")
 
@@ -63,13 +65,16 @@ def candidates(m: int) -> list[KernelConfig]:
     b = batch_bucket(m)
     if b == 1:
         return [
-            KernelConfig("gemv", block_n=16, unroll=4, split_k=1, num_warps=4, num_stages=1),
-            KernelConfig("gemv", block_n=32, unroll=2, split_k=1, num_warps=4, num_stages=1),
-            KernelConfig("gemv", block_n=16, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("gemv", block_n=32, unroll=2, split_k=4, num_warps=4, num_stages=3),
             KernelConfig("gemv", block_n=64, unroll=2, split_k=8, num_warps=8, num_stages=3),
-            KernelConfig("gemv", block_n=32, unroll=4, split_k=2, num_warps=4, num_stages=1),
-            KernelConfig("planes", block_n=64, block_m=16, split_k=1, num_stages=4),
+            KernelConfig("gemv", block_n=128, unroll=2, split_k=2, num_warps=4, num_stages=1),
+            KernelConfig("gemv", block_n=16, unroll=4, split_k=4, num_warps=4, num_stages=1),
+            KernelConfig("gemv_planes", block_n=128, unroll=2, split_k=1, num_warps=4, num_stages=1),
+            KernelConfig("gemv_planes", block_n=128, unroll=2, split_k=2, num_warps=4, num_stages=1),
+            KernelConfig("gemv_planes", block_n=128, unroll=1, split_k=4, num_warps=4, num_stages=3),
+            KernelConfig("gemv_planes", block_n=64, unroll=2, split_k=4, num_warps=4, num_stages=1),
+            KernelConfig("gemv_planes", block_n=256, unroll=1, split_k=4, num_warps=4, num_stages=1),
+            KernelConfig("gemv_planes", block_n=32, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
         ]
     if b <= 64:
@@ -110,10 +115,10 @@ def default_config(m: int) -> KernelConfig:
 
 def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) -> torch.Tensor:
     """``x2 (M, K)`` times the layer's weight with one explicit config → ``(M, N)``."""
-    if cfg.path == "gemv":
+    if cfg.path in ("gemv", "gemv_planes"):
         if x2.shape[0] != 1:
-            raise ValueError("the gemv path computes one row; use 'mma' for batches")
-        return gemv(x2, layout, bias, cfg)
+            raise ValueError("the gemv paths compute one row; use 'mma' for batches")
+        return (gemv if cfg.path == "gemv" else gemv_planes)(x2, layout, bias, cfg)
     if cfg.path == "mma":
         return mma(x2, layout, bias, cfg)
     if cfg.path == "planes":

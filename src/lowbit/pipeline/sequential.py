@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import arch_for, blocks_of, get_module, set_module
+from ..errors import LowbitError
 from ..formats import FormatError
 from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
@@ -93,8 +94,11 @@ def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report) -> N
     accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d)
     prefix = f"{arch.blocks}.{i}."
     for paths, acc in zip(groups, accs):
-        H = acc.hessian()
         modules = {prefix + p: get_module(block, p) for p in paths}
+        try:
+            H = acc.hessian()
+        except LowbitError as e:
+            raise type(e)(f"{', '.join(modules)}: {e}") from None
         for name, (q, row) in round_group(modules, recipe, H, arch.conv1d).items():
             set_module(block, name[len(prefix):], q)
             report.layers.append(row)

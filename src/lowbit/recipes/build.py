@@ -43,7 +43,7 @@ def build_recipe(
             steps = (*steps[:-1], type(base.rounder).from_dict(d))
         fmt_spec = FormatSpec.from_dict(fmt)
         changed = fmt_spec != base.format or steps != base.steps or ignore is not None
-        name = _name(fmt_spec, steps) if changed or not (preset or recipe_file) else base.name
+        name = _name(fmt_spec, steps) if changed else base.name
         return Recipe(fmt_spec, steps, tuple(ignore) if ignore is not None else base.ignore,
                       base.overrides, name)
     except InputError:
