@@ -7,7 +7,14 @@ interpreter executes every program in Python. Inputs are random (never zeros) an
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
+# Triton decides at decoration time whether a @jit function (its own standard library included)
+# is interpreted. If something imported Triton before this module (some torch builds do, at
+# `import torch`), its library is compiled-mode and the interpreter cannot call it: then these
+# tests run in a fresh process instead (test_kernels_in_fresh_process).
+TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
@@ -55,6 +62,21 @@ def bf16_dot_in_interpreter():
     builder.create_dot = original
 
 
+in_this_process = pytest.mark.skipif(
+    TRITON_PREIMPORTED, reason="Triton was imported before TRITON_INTERPRET was set; these "
+    "run in a fresh process (test_kernels_in_fresh_process)")
+
+
+@pytest.mark.skipif(not TRITON_PREIMPORTED, reason="the tests run in this process")
+def test_kernels_in_fresh_process():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+
+
 # bf16 operands and bf16 output: ~2^-8 relative rounding per element, accumulated in float32.
 # The interpreter truncates (not rounds) float32 → bf16, which roughly doubles that.
 BF16_TOL = 1.5e-2
@@ -98,6 +120,7 @@ FORMATS = [
 ]
 
 
+@in_this_process
 @pytest.mark.parametrize("spec", FORMATS, ids=lambda s: s.label().replace(" ", "-"))
 @pytest.mark.parametrize("path", ["gemv", "gemv-planes", "gemv-planes-split", "mma", "mma-split",
                                   "planes", "planes-split", "dequant"])
@@ -126,6 +149,7 @@ def test_each_path_matches_float64(spec, path):
     assert rel_err(out, reference64(x, layer)) < BF16_TOL
 
 
+@in_this_process
 @pytest.mark.parametrize("m", [1, 3, 17])
 def test_odd_batches_and_noncontiguous_input(m):
     spec = FormatSpec(bits=4, sym=False, group_size=32)
@@ -150,6 +174,7 @@ def test_odd_batches_and_noncontiguous_input(m):
         assert rel_err(out, ref8) < BF16_TOL, cfg.label()
 
 
+@in_this_process
 def test_3d_input_and_fp16_with_bf16_scales():
     spec = FormatSpec(bits=4, sym=True, group_size=64)
     layer = make_layer(32, 128, spec, bias=True, seed=5)  # scales and bias stay bf16
@@ -159,6 +184,7 @@ def test_3d_input_and_fp16_with_bf16_scales():
     assert rel_err(out.reshape(6, 32), reference64(x.reshape(6, 128), layer)) < BF16_TOL
 
 
+@in_this_process
 def test_per_tensor_scale():
     spec = FormatSpec(bits=8, sym=False, group_size=0)
     layer = make_layer(24, 64, spec, bias=False, seed=7)
@@ -167,6 +193,7 @@ def test_per_tensor_scale():
     assert rel_err(out, reference64(x, layer)) < BF16_TOL
 
 
+@in_this_process
 def test_split_k_accumulates_every_split():
     # Many splits over few tiles: some splits get no tile at all and must add nothing.
     spec = FormatSpec(bits=4, sym=False, group_size=32)
@@ -178,6 +205,7 @@ def test_split_k_accumulates_every_split():
         assert rel_err(weight_only_linear_triton(x, layer, cfg), ref) < BF16_TOL, path
 
 
+@in_this_process
 def test_dispatch_rules():
     spec = FormatSpec(bits=4, sym=False, group_size=128)
     layer = make_layer(16, 256, spec, bias=False, seed=11)
