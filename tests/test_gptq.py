@@ -175,6 +175,9 @@ def test_config_round_trips_and_rejects_unknown_fields():
     cfg = GPTQConfig(damp=0.05, act_order=False, clip=ClipSearch(grid=8))
     assert GPTQConfig.from_dict(cfg.to_dict()) == cfg
     assert GPTQConfig.from_dict({"method": "gptq"}) == GPTQConfig()
+    no_clip = GPTQConfig(clip=None)
+    assert GPTQConfig.from_dict(no_clip.to_dict()) == no_clip
+    assert GPTQConfig.from_dict({"method": "gptq", "clip": None}).clip is None
     with pytest.raises(ValueError, match="unknown"):
         GPTQConfig.from_dict({"method": "gptq", "dampening": 0.1})
     with pytest.raises(ValueError):

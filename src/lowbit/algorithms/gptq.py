@@ -119,12 +119,17 @@ def _group_params(W: torch.Tensor, spec: FormatSpec, dtype, clip: ClipSearch | N
 def _inverse_cholesky(H: torch.Tensor, damp: float, retries: int, name: str):
     """Upper Cholesky factor of ``(H + λI)⁻¹`` with λ = damp · mean(diag H); returns it and damp."""
     mean_diag = torch.mean(torch.diag(H))
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    # One (in, in) matrix alive at a time besides H: for a 14336-wide down_proj each is 0.8 GiB.
     for _ in range(retries + 1):
-        L, info = torch.linalg.cholesky_ex(H + (damp * mean_diag) * eye)
+        Hd = H.clone()
+        Hd.diagonal().add_(damp * mean_diag)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd
         if info.item() == 0 and torch.isfinite(L).all():
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if info.item() == 0 and torch.isfinite(U).all():
                 return U, damp
         damp *= 10
