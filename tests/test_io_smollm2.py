@@ -9,14 +9,13 @@ from lowbit.formats import FormatSpec
 from lowbit.io import inspect_checkpoint, load, save
 from lowbit.quantize import quantize_model
 from lowbit.recipes import Recipe
-from lowbit.sources import DEFAULT_MODEL, load_model
 from test_io_child import run_child
 
 pytestmark = pytest.mark.slow
 
 
-def test_smollm2_w4_g64_compressed_tensors_roundtrip(tmp_path):
-    model, tokenizer = load_model(DEFAULT_MODEL)
+def test_smollm2_w4_g64_compressed_tensors_roundtrip(tmp_path, smollm2):
+    model, tokenizer = smollm2
     # The first 4 of 30 blocks: real weights and widths (576 is not a multiple of 128), a
     # fraction of the quantize and load time.
     model.model.layers = model.model.layers[:4]

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return load_model(DEFAULT_MODEL)
+def smollm2(smollm2_shared):
+    """Read-only here: these tests never modify the model."""
+    return smollm2_shared
 
 
 def test_builtin_loads_as_float_llama(smollm2):
