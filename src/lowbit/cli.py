@@ -74,10 +74,12 @@ def _slug(source: str) -> str:
               help="Evaluation text (builtin:lee, builtin:pydoc, a file, hf:...), 'auto' (lee if gensim is "
                    "installed, else pydoc) or 'none'.")
 @click.option("--eval-windows", default=24, show_default=True, help="Evaluation windows; 0 = all.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--resume-dir", type=click.Path(), help="Where calibrated runs checkpoint every finished block; "
+              "the same command run again resumes from there [default: <out>.partial].")
+@click.option("--dry-run", is_flag=True, help="Print the plan (peak memory, estimated time) and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, calib, n_samples, seqlen,
-             out, overwrite, fmt, eval_text, eval_windows, dry_run, quiet):
+             out, overwrite, fmt, eval_text, eval_windows, resume_dir, dry_run, quiet):
     """Quantize MODEL (a Hugging Face id, a local directory, a .gguf file or builtin:smollm2-135m,
     the default) and save it; evaluate before/after unless --eval none."""
     from .io import check_output_dir, save
@@ -92,29 +94,42 @@ def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, ca
     eval_text = _auto_eval_text() if eval_text == "auto" else eval_text
     click.echo(f"model   {model}\nrecipe  {recipe.name}: {recipe.method}, {recipe.format.label()}, "
                f"ignore {list(recipe.ignore)}\noutput  {out}")
-    if dry_run:
-        click.echo("dry run: nothing loaded or written")
-        return
     progress = not quiet
     float_model, tokenizer = load_model(model)
-    windows = None
-    if eval_text != "none":
-        from .data.text import load_text
-        from .data.windows import eval_windows as make_windows
-        windows = make_windows(tokenizer, load_text(eval_text), seqlen, max_windows=eval_windows or None)
     calib_ids = None
     if recipe.needs_calibration:
         from .data.text import load_text
         from .data.windows import calibration_windows
         calib_ids = calibration_windows(tokenizer, load_text(calib), n_samples, seqlen)
+    from .pipeline.plan import plan_quantization
+    n_calib, calib_len = (len(calib_ids), calib_ids[0].numel()) if calib_ids is not None else (0, seqlen)
+    plan = plan_quantization(float_model, recipe, n_calib, calib_len, resume=calib_ids is not None,
+                             keep_reference=eval_text != "none")
+    click.echo("\n".join(plan.lines()))
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    windows = None
+    if eval_text != "none":
+        from .data.text import load_text
+        from .data.windows import eval_windows as make_windows
+        windows = make_windows(tokenizer, load_text(eval_text), seqlen, max_windows=eval_windows or None)
     qmodel = copy.deepcopy(float_model) if windows is not None else float_model
     start = time.perf_counter()
-    report = quantize_model(qmodel, recipe, calib=calib_ids, progress=progress) if calib_ids is not None \
-        else quantize_model(qmodel, recipe, progress=progress)
+    if calib_ids is not None:
+        # A killed run leaves its finished blocks here; the same command picks them up again.
+        resume_dir = Path(resume_dir or out.with_name(out.name + ".partial"))
+        report = quantize_model(qmodel, recipe, calib=calib_ids, progress=progress,
+                                resume_dir=resume_dir, source=model)
+    else:
+        report = quantize_model(qmodel, recipe, progress=progress)
     quant_s = time.perf_counter() - start
     click.echo(f"quantized {len(report.layers)} layers in {quant_s:.1f} s")
     save(qmodel, tokenizer, out, format=fmt, overwrite=overwrite)
     click.echo(f"saved   {out}")
+    if calib_ids is not None:
+        from .pipeline.resume import remove_resume_dir
+        remove_resume_dir(resume_dir)
     summary = {"model": model, "recipe": recipe.to_dict(), "quantization": report.to_dict(),
                "quant_s": round(quant_s, 2)}
     if windows is not None:

@@ -9,9 +9,13 @@
 Stages: with ``true_sequential`` each input group of the ArchMap (q/k/v, then o, then gate/up,
 then down) is one stage, so o's Hessian is measured on outputs of the already quantized q/k/v,
 and so on; without it, all linears of a block are measured in one pass on the float block.
+
+With a ``resume_dir`` every finished block is checkpointed there (``resume.py``); the same call
+after a crash restores the finished blocks and continues with the first unfinished one.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -25,6 +29,7 @@ from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
 from .capture import calibration_batches, capture_block_inputs, run_block
 from .hessians import collect_hessians
+from .resume import ResumeDir, fingerprint
 from .rounding import round_group
 
 
@@ -32,13 +37,17 @@ from .rounding import round_group
 def quantize_with_calibration(
     model: nn.Module, recipe: Recipe, calib, *, device=None, batch_size: int = 16,
     true_sequential: bool = True, offload_hidden: bool = False, progress: bool = True,
+    resume_dir=None, source: str | None = None,
 ) -> QuantizationReport:
     """Quantize ``model`` in place, block by block, with calibration token ids ``calib``
     (``(n, seq)`` or a list of 1-D tensors).
 
     ``device``: where each block is calibrated (default: where the model is); ``batch_size``:
     calibration windows per forward; ``offload_hidden``: keep the calibration activations on
-    the CPU between blocks (for accelerators too small to hold them).
+    the CPU between blocks (for accelerators too small to hold them); ``resume_dir``: checkpoint
+    every finished block there and resume from it when it holds this same run (``source``, the
+    model's name, joins the fingerprint that decides "same run"). The caller removes the
+    directory once the result is saved (``remove_resume_dir``).
     """
     arch = arch_for(model)
     targets = find_targets(model, recipe, arch)
@@ -53,16 +62,24 @@ def quantize_with_calibration(
     model.eval()
     start = time.perf_counter()
     report = QuantizationReport(recipe.to_dict(), arch.name)
+    batches = calibration_batches(calib, batch_size)
+    resume = None
+    if resume_dir is not None:
+        options = {"batch_size": batch_size, "true_sequential": true_sequential, "device": device.type}
+        resume = ResumeDir(resume_dir, fingerprint(model, recipe.to_dict(), batches, options, source))
     try:
-        inputs = capture_block_inputs(model, arch, calibration_batches(calib, batch_size),
-                                      device, hidden_device)
+        inputs = capture_block_inputs(model, arch, batches, device, hidden_device)
+        first = _restore_finished(resume, blocks, inputs, report, hidden_device)
         wanted: dict[int, list[str]] = {}
         for t in targets:
             wanted.setdefault(t.block, []).append(t.path)
         stages = [(g.linears,) for g in arch.groups] if true_sequential \
             else [tuple(g.linears for g in arch.groups)]
-        bar = tqdm(blocks, desc=f"calibrate {recipe.method}", unit="block", disable=not progress)
-        for i, block in enumerate(bar):
+        bar = tqdm(range(first, len(blocks)), desc=f"calibrate {recipe.method}", unit="block",
+                   total=len(blocks), initial=first, disable=not progress)
+        for i in bar:
+            block = blocks[i]
+            rows_before = len(report.layers)
             block.to(device)
             todo = list(wanted.get(i, ()))
             for stage in stages:
@@ -80,6 +97,10 @@ def quantize_with_calibration(
                     out = run_block(block, hidden.to(device), args, kwargs)
                     inputs.hidden[b] = out.to(hidden_device)
             block.to(home)
+            if resume is not None:
+                resume.save_block(i, block, {p: get_module(block, p) for p in wanted.get(i, ())},
+                                  report.layers[rows_before:],
+                                  inputs.hidden if i + 1 < len(blocks) else None)
             done = [r for r in report.layers if "proxy_err_rel" in r and r["name"].startswith(f"{arch.blocks}.{i}.")]
             if done:
                 bar.set_postfix(rel_err=f"{max(r['proxy_err_rel'] for r in done):.2e}")
@@ -88,6 +109,22 @@ def quantize_with_calibration(
     report.seconds = round(time.perf_counter() - start, 3)
     _record(model, recipe)
     return report
+
+
+def _restore_finished(resume, blocks, inputs, report, hidden_device) -> int:
+    """Put back the blocks a previous run of the same call finished; returns how many."""
+    if resume is None:
+        return 0
+    state = resume.load()
+    if state.finished:
+        # One line even with progress bars off: a resumed run must not look like a fresh one.
+        tqdm.write(f"resuming from {resume.path}: {state.finished} of {len(blocks)} blocks done", file=sys.stderr)
+    for i in range(state.finished):
+        resume.restore_block(i, blocks[i])
+    report.layers.extend(state.rows)
+    if 0 < state.finished < len(blocks):
+        inputs.hidden = resume.load_hidden(state.finished, hidden_device)
+    return state.finished
 
 
 def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report) -> None:
