@@ -24,7 +24,8 @@ class _Group(click.Group):
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.secho("interrupted: nothing was written", fg="red", err=True)
+            click.secho("interrupted: no output was written (finished calibration blocks stay in the "
+                        "resume directory; the same command continues from them)", fg="red", err=True)
             sys.exit(130)
 
 

@@ -7,10 +7,10 @@ Nothing is run through the model. The figures follow what ``sequential.py`` keep
   captured block arguments (rotary tables, position ids, and attention masks where the model
   materializes them) and the quantized layers made so far;
 - on top of that, the largest of three phases of one block:
-  *forward* (the block run on one batch: its input, residual, norm output and each input group's
-  linear outputs twice over, for the derived copy every group makes: rotary/repeat-kv after q/k/v,
-  activation times up after gate/up; with eager attention the scores and their softmax; plus the
-  batch's output),
+  *forward* (the block run on one batch: its input, residual and norm output, 1.75 times the
+  outputs of its widest input group: gate/up keeps act(gate), up and their product alive, 1.5
+  times, and the rest covers the smaller copies around them (rotary q/k, repeat-kv, norms);
+  with eager attention the scores and their softmax; plus the batch's output),
   *statistics* (the stage's Hessian accumulators, ``in²`` float32 each, while a batch runs), and
   *rounding* (the stage's accumulators, plus for the largest group four ``in²`` matrices, for H,
   its damped copy, the Cholesky factor and the inverse, and float32 working copies of the stacked
@@ -175,8 +175,7 @@ def plan_quantization(
         outs = {p: _shape(get_module(block, p), arch.conv1d)[0] for g in groups for p in g}
         ins = {p: _shape(get_module(block, p), arch.conv1d)[1] for g in groups for p in g}
         widest = max(sum(outs[p] for p in g) for g in groups if g)
-        live = batch_tokens * e * (3 * d + 7 * widest // 4
-                                   + act_copies * widest)
+        live = batch_tokens * e * (3 * d + 7 * widest // 4 + act_copies * widest)
         phase["forward"] = max(phase["forward"], live + scores + batch_tokens * d * e)
         heads = sum(outs[p] for p in groups[0]) if groups and groups[0] else d
         attention_flops = 2 * seqlen * heads  # causal QKᵀ and AV per token, about half of 4·seq·width
