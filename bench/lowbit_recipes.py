@@ -1,8 +1,7 @@
 """The lowbit rows of the quality benchmark: a name per row and the Recipe that makes it.
 
-RTN rows come twice: with lowbit's default clipping search (the presets) and as ``rtn-noclip``
-(plain min-max ranges, what llm-compressor's RTN does), so that the table shows how much of any
-difference to the peer is the clipping search and how much is everything else.
+The preset rows are lowbit's defaults. Each RTN setting also appears with the clipping search
+switched the other way (``-clip`` / ``-noclip``), so the table shows what the search does.
 """
 from __future__ import annotations
 
@@ -16,12 +15,12 @@ from lowbit.recipes.build import build_recipe
 class BenchRecipe:
     name: str
     preset: str
-    clip: bool = True
+    clip: bool | None = None  # None: the preset's own choice
 
     def recipe(self) -> Recipe:
-        if self.clip:
+        if self.clip is None:
             return load_preset(self.preset)
-        r = build_recipe(preset=self.preset, clip=False)
+        r = build_recipe(preset=self.preset, clip=self.clip)
         return Recipe(r.format, r.steps, r.ignore, r.overrides, self.name)
 
 
@@ -30,9 +29,9 @@ LOWBIT_RECIPES: list[BenchRecipe] = [
     BenchRecipe("w4a16-rtn-sym", "w4a16-rtn-sym"),
     BenchRecipe("w3a16-rtn", "w3a16-rtn"),
     BenchRecipe("w8a16-rtn", "w8a16-rtn"),
-    BenchRecipe("w4a16-rtn-noclip", "w4a16-rtn", clip=False),
-    BenchRecipe("w4a16-rtn-noclip-sym", "w4a16-rtn-sym", clip=False),
-    BenchRecipe("w3a16-rtn-noclip", "w3a16-rtn", clip=False),
+    BenchRecipe("w4a16-rtn-clip", "w4a16-rtn", clip=True),
+    BenchRecipe("w4a16-rtn-sym-noclip", "w4a16-rtn-sym", clip=False),
+    BenchRecipe("w3a16-rtn-clip", "w3a16-rtn", clip=True),
     BenchRecipe("w8a16-rtn-noclip", "w8a16-rtn", clip=False),
 ]
 BY_NAME = {r.name: r for r in LOWBIT_RECIPES}

@@ -152,7 +152,7 @@ def render(doc: dict, bar: float = 1.02) -> str:
         f"- date: {doc.get('date')}",
         "",
         "ΔPPL is against the FP row; KL (nats/token) and top-1 agreement are against the FP model on "
-        "the same windows. `rtn-noclip` is RTN with plain min-max ranges (no clipping search). "
+        "the same windows. `-clip` / `-noclip` rows switch the preset's weight-MSE clipping search on / off. "
         "quant s and peak RSS are for the process that loads the model, quantizes it and saves it.",
         "",
         "| tool | recipe | method | bits | group | sym | acts | PPL lee-512 | ΔPPL vs FP "
