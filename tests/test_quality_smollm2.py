@@ -30,7 +30,8 @@ def test_rtn_w4_g64_keeps_quality_and_is_fast(smollm2, smollm2_shared):
     # BENCHMARK.md: RTN W4 g64 asym costs llm-compressor +26.6% PPL on lee-512; lowbit's clip
     # search must not do worse than +30% on these windows.
     assert r.ppl < 1.30 * r.ref_ppl, (r.ppl, r.ref_ppl)
-    assert r.top1 > 0.75 and 0 < r.kl < 0.3, (r.top1, r.kl)
+    # llm-compressor's RTN W4 g64 asym: top-1 67.0%, KL 0.342 on the first 24 lee-512 windows.
+    assert r.top1 > 0.62 and 0 < r.kl < 0.42, (r.top1, r.kl)
 
 
 def test_gptq_beats_rtn_in_its_calibration_domain(smollm2_shared):

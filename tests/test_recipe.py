@@ -71,7 +71,10 @@ def test_known_presets_exist_with_their_formats():
     assert load_preset("w4a16-rtn").format == FormatSpec(bits=4, sym=False, group_size=64)
     assert load_preset("w4a16-rtn-sym").format == FormatSpec(bits=4, sym=True, group_size=64)
     assert load_preset("w8a16-rtn").format == FormatSpec(bits=8, sym=True, group_size=-1)
-    assert load_preset("w4a16-rtn").rounder == RTNConfig(clip=ClipSearch())
+    # Asymmetric RTN presets use plain min-max ranges, symmetric ones the clipping search
+    # (docs/RTN-CLIPPING.md).
+    assert load_preset("w4a16-rtn").rounder == RTNConfig(clip=None)
+    assert load_preset("w4a16-rtn-sym").rounder == RTNConfig(clip=ClipSearch())
     with pytest.raises(InputError, match="w5a16.*available"):
         load_preset("w5a16")
 
