@@ -90,8 +90,9 @@ class Plan:
     def lines(self) -> list[str]:
         def parts(d):
             return ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in d.items() if v)
-        out = [f"plan    {self.blocks} blocks, {self.windows} x {self.seqlen} calibration tokens, "
-               f"batches of {self.batch_size}, on {self.device}"]
+        calib = (f"{self.windows} x {self.seqlen} calibration tokens, batches of {self.batch_size}"
+                 if self.windows else "no calibration")
+        out = [f"plan    {self.blocks} blocks, {calib}, on {self.device}"]
         if self.device_parts:
             out.append(f"  peak {self.device} memory  {_fmt_bytes(self.device_peak)}  ({parts(self.device_parts)})")
         out.append(f"  peak host memory  {_fmt_bytes(self.host_peak)}  ({parts(self.host_parts)})")
