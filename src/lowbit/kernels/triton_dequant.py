@@ -43,6 +43,19 @@ def unpack_words(words, BITS: tl.constexpr, ROWS: tl.constexpr, WORDS: tl.conste
 
 
 @triton.jit
+def load_scale_zero(s_ptr, z_ptr, rn, mask, g, stride_sn, stride_zn,
+                    BITS: tl.constexpr, BN: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """Float32 scale and zero ``(BN,)`` of group ``g`` for rows ``rn``; symmetric formats use
+    the implicit zero ``2^(bits-1)``."""
+    scale = tl.load(s_ptr + rn * stride_sn + g, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        zero = tl.load(z_ptr + rn * stride_zn + g, mask=mask, other=0).to(tl.float32)
+    else:
+        zero = tl.full((BN,), 1 << (BITS - 1), tl.float32)
+    return scale, zero
+
+
+@triton.jit
 def load_codes_minus_zero(
     wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, KW, group, stride_wn, stride_sn, stride_zn,
     BITS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZERO: tl.constexpr,
@@ -55,11 +68,7 @@ def load_codes_minus_zero(
                     mask=n_mask[:, None] & (rw < KW)[None, :], other=0)
     codes = unpack_words(words, BITS, BN, BW)
     g = (tile * BK) // group
-    scale = tl.load(s_ptr + rn * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
-    if HAS_ZERO:
-        zero = tl.load(z_ptr + rn * stride_zn + g, mask=n_mask, other=0).to(tl.float32)
-    else:
-        zero = tl.full((BN,), 1 << (BITS - 1), tl.float32)
+    scale, zero = load_scale_zero(s_ptr, z_ptr, rn, n_mask, g, stride_sn, stride_zn, BITS, BN, HAS_ZERO)
     magic_codes = (codes | 0x4B000000).to(tl.float32, bitcast=True)
     return magic_codes - (zero + 8388608.0)[:, None], scale
 

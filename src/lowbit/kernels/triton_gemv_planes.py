@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_dequant import load_scale_zero
 from .triton_splitk import reduce_partials
 from .triton_xplanes import x_planes
 
@@ -48,11 +49,8 @@ def _gemv_planes_kernel(
                             mask=live[:, None] & (rw < KW)[None, :], other=0)
             high = words >> 16  # arithmetic shift: the sign bits it drags in are masked below
             g = (tile * BK) // group
-            scale = tl.load(s_ptr + rn * stride_sn + g, mask=live, other=0.0).to(tl.float32)
-            if HAS_ZERO:
-                zero = tl.load(z_ptr + rn * stride_zn + g, mask=live, other=0).to(tl.float32)
-            else:
-                zero = tl.full((BN,), 1 << (BITS - 1), tl.float32)
+            scale, zero = load_scale_zero(s_ptr, z_ptr, rn, live, g, stride_sn, stride_zn, BITS, BN,
+                                          HAS_ZERO)
             dot_qz = tl.zeros((BN, BW), tl.float32)
             for j in tl.static_range(EPW):
                 if j < HALF:
