@@ -16,12 +16,13 @@ class BenchRecipe:
     name: str
     preset: str
     clip: bool | None = None  # None: the preset's own choice
+    observer: str | None = None  # static activation recipes: None keeps the preset's observer
 
     def recipe(self) -> Recipe:
-        if self.clip is None:
+        if self.clip is None and self.observer is None:
             return load_preset(self.preset)
-        r = build_recipe(preset=self.preset, clip=self.clip)
-        return Recipe(r.format, r.steps, r.ignore, r.overrides, self.name)
+        r = build_recipe(preset=self.preset, clip=self.clip, observer=self.observer)
+        return Recipe(r.format, r.steps, r.ignore, r.overrides, self.name, r.activations)
 
 
 LOWBIT_RECIPES: list[BenchRecipe] = [
@@ -33,6 +34,31 @@ LOWBIT_RECIPES: list[BenchRecipe] = [
     BenchRecipe("w4a16-rtn-sym-noclip", "w4a16-rtn-sym", clip=False),
     BenchRecipe("w3a16-rtn-clip", "w3a16-rtn", clip=True),
     BenchRecipe("w8a16-rtn-noclip", "w8a16-rtn", clip=False),
+    # Lookup-table formats (issue 9): NF4 / FP4 E2M1, block 64, with and without double quant.
+    BenchRecipe("nf4", "nf4"),
+    BenchRecipe("nf4-dq", "nf4-dq"),
+    BenchRecipe("fp4", "fp4"),
+    BenchRecipe("fp4-dq", "fp4-dq"),
+    BenchRecipe("nf4-clip", "nf4", clip=True),  # absmax-ratio search per block
+    BenchRecipe("nf4-dq-clip", "nf4-dq", clip=True),
+]
+# AWQ (issue 5): AWQ + RTN, and AWQ + GPTQ at 4 and 3 bits; calibrated on pydoc-128x512.
+LOWBIT_RECIPES += [
+    BenchRecipe("w4a16-awq", "w4a16-awq"),
+    BenchRecipe("w4a16-awq-gptq", "w4a16-awq-gptq"),
+    BenchRecipe("w3a16-awq-gptq", "w3a16-awq-gptq"),
+]
+# Weight + activation quantization (issue 8): W8A8 int8 (dynamic per-token; SmoothQuant; static
+# per-tensor with each observer), LLM.int8(), FP8 E4M3 (dynamic, static); calibrated ones on
+# pydoc-128x512.
+LOWBIT_RECIPES += [
+    BenchRecipe("w8a8-int8", "w8a8-int8"),
+    BenchRecipe("w8a8-smoothquant", "w8a8-smoothquant"),
+    *(BenchRecipe(f"w8a8-int8-static-{o}", "w8a8-int8-static", observer=o)
+      for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
+    BenchRecipe("llm-int8", "llm-int8"),
+    BenchRecipe("w8a8-fp8", "w8a8-fp8"),
+    BenchRecipe("w8a8-fp8-static", "w8a8-fp8-static"),
 ]
 BY_NAME = {r.name: r for r in LOWBIT_RECIPES}
 
@@ -41,6 +67,13 @@ def row_setting(r: BenchRecipe) -> dict:
     """The schema fields that describe the setting (not the measurements)."""
     recipe = r.recipe()
     f = recipe.format
-    return {"tool": "lowbit", "recipe": r.name, "method": recipe.method, "bits": f.bits,
-            "group_size": f.group_size, "sym": f.sym, "acts": "a16", "kv_cache": None,
+    method = recipe.method
+    acts = recipe.activations.label if recipe.activations is not None else "a16"
+    if recipe.activations is not None:  # W8A8 rows: LLM.int8 and FP8 are named by their kind
+        method = {"llm-int8": "llm-int8", "fp8": "fp8"}.get(recipe.activations.kind, method)
+    elif f.is_lookup:  # the format is the method's name in the schema: nf4, nf4-dq, fp4, gptq+nf4...
+        table = f"{f.kind}{f.bits}" + ("-dq" if f.double_quant else "")
+        method = table if method == "rtn" else f"{method}+{table}"
+    return {"tool": "lowbit", "recipe": r.name, "method": method, "bits": f.bits,
+            "group_size": f.group_size, "sym": f.sym, "acts": acts, "kv_cache": None,
             "seqlen": 512}

@@ -37,7 +37,7 @@ CALIB_WINDOWS = 24  # pydoc-last24
 sys.path.insert(0, str(HERE))
 import results_file  # noqa: E402
 from fp_copy import save_float_copy  # noqa: E402
-from checkpoints import load_compressed_tensors, load_lowbit, read_meta, storage  # noqa: E402
+from checkpoints import load_lowbit, load_peer, read_meta, storage  # noqa: E402
 from lowbit_recipes import BY_NAME, LOWBIT_RECIPES, row_setting  # noqa: E402
 
 
@@ -188,10 +188,16 @@ def main(argv=None) -> int:
         log(f"load {key} from {dirs[name]}")
         candidates[key] = load_lowbit(dirs[name])
         settings[key], metas[key], stores[key] = row_setting(BY_NAME[name]), read_meta(dirs[name]), storage(dirs[name])
-    peer_versions = {}
+    peer_versions, failed_rows = {}, []
     for key, path in peers.items():
+        meta = read_meta(path)
+        if meta.get("error"):  # the peer refused or could not finish: a row with its reason
+            log(f"{key} did not run: {meta['error']}")
+            failed_rows.append(peer_setting(meta) | {"error": meta["error"], "peak_rss_gib": meta.get("peak_rss_gib")})
+            peer_versions.update(meta.get("versions", {}))
+            continue
         log(f"load {key} from {path}")
-        candidates[key] = load_compressed_tensors(path)
+        candidates[key] = load_peer(path)
         metas[key] = read_meta(path)
         settings[key], stores[key] = peer_setting(metas[key]), storage(path)
         peer_versions.update(metas[key].get("versions", {}))
@@ -202,6 +208,8 @@ def main(argv=None) -> int:
     on_lee = evaluate_both(fp, candidates, lee, "lee-512")
     on_pydoc = evaluate_both(fp, candidates, pydoc, "pydoc-last24")
     t_eval = time.perf_counter() - t_eval
+    for key, model in candidates.items():
+        stores[key] = {**(stores[key] or {}), **outlier_columns(key, model)}
 
     fp_meta = read_meta(dirs["fp"])
     fp_row = {"tool": "lowbit", "recipe": "fp", "method": "fp", "bits": None, "group_size": None,
@@ -210,13 +218,43 @@ def main(argv=None) -> int:
               "bits_per_weight": 32.0, "size_mb": fp_meta.get("size_mb"), "quant_s": None,
               "peak_rss_gib": fp_meta.get("peak_rss_gib")}
     rows = [fp_row] + [row_from(metas[k], settings[k], on_lee[k], on_pydoc[k], stores[k])
-                       for k in candidates]
+                       for k in candidates] + failed_rows
     doc = results_file.merge(header(lee, pydoc, peer_versions), rows, a.out)
     md = results_file.write_markdown(doc, a.out)
-    print(results_file.render(doc))
+    notes = failed_runs(doc)
+    if notes:
+        md.write_text(md.read_text() + notes)
+    print(results_file.render(doc) + notes)
     log(f"wrote {a.out} and {md}; quantization phase {t_quant:.0f}s, evaluation {t_eval:.0f}s, "
         f"total {time.perf_counter() - t_start:.0f}s")
     return 0
+
+
+def failed_runs(doc: dict) -> str:
+    """Markdown for the rows that have an ``error`` instead of measurements (a peer that refused
+    to run here): they stay in the table with empty cells, and their reasons are listed below it."""
+    failed = [r for r in doc.get("rows", []) if r.get("error")]
+    if not failed:
+        return ""
+    lines = ["", "## Runs that did not finish here", "", "| tool | recipe | method | reason |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r.get('tool')} | `{r.get('recipe')}` | {r.get('method')} | {r['error']} |" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def outlier_columns(key: str, model) -> dict:
+    """LLM.int8 rows: the fraction of input columns each layer multiplied in float over the whole
+    evaluation (both texts), logged per layer; the row keeps the mean and the largest."""
+    from lowbit.modules.llm_int8_linear import outlier_fractions
+
+    fractions = outlier_fractions(model)
+    if not fractions:
+        return {}
+    for name, f in fractions.items():
+        log(f"{key} outlier columns {name}: {f:.4f}")
+    values = list(fractions.values())
+    return {"outlier_fraction_mean": round(sum(values) / len(values), 5),
+            "outlier_fraction_max": round(max(values), 5)}
 
 
 def evaluate_both(fp, candidates, windows, label):

@@ -242,7 +242,7 @@ def test_other_bad_fields_raise_format_error(fields):
 def test_spec_round_trips_through_dict_and_json(spec):
     d = spec.to_dict()
     assert d == {"kind": "int", "bits": spec.bits, "sym": spec.sym, "group_size": spec.group_size,
-                 "scale_dtype": spec.scale_dtype}
+                 "scale_dtype": spec.scale_dtype, "double_quant": False}
     assert FormatSpec.from_dict(d) == spec
     assert FormatSpec.from_dict(json.loads(json.dumps(d))) == spec
 

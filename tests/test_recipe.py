@@ -59,8 +59,13 @@ def test_every_preset_loads_and_round_trips(name):
     r = load_preset(name)
     assert r.name == name
     assert r.format.bits in (2, 3, 4, 8)
-    assert name.startswith(f"w{r.format.bits}a16-")
-    assert r.method in name
+    if r.format.kind == "int":
+        assert name.startswith(f"w{r.format.bits}a16-")
+        assert r.method in name
+    else:  # lookup-table formats go by their own names: nf4, nf4-dq, fp4, ... (RTN unless named)
+        assert name.startswith(f"{r.format.kind}{r.format.bits}")
+        assert r.method == "rtn" or r.method in name
+        assert ("-dq" in name) == r.format.double_quant
     assert r.is_ignored("lm_head")
     assert Recipe.from_dict(r.to_dict()) == r
 

@@ -17,6 +17,7 @@ from .arch import ArchMap, arch_for, blocks_of, get_module, set_module
 from .errors import InputError
 from .formats import FormatError
 from .modules import QuantLinear
+from .modules.factory import quantized_linear
 from .recipes import Recipe
 
 
@@ -30,9 +31,19 @@ class QuantizationReport:
     arch: str
     layers: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # What the recipe's transform steps measured and chose, one row per input group and block
+    # (AWQ: alpha, clip ratios, loss before/after); empty for recipes without transforms.
+    steps: list[dict] = field(default_factory=list)
+    # Static activation quantization: the input scale calibrated for each layer.
+    inputs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"recipe": self.recipe, "arch": self.arch, "seconds": self.seconds, "layers": self.layers}
+        d = {"recipe": self.recipe, "arch": self.arch, "seconds": self.seconds, "layers": self.layers}
+        if self.steps:
+            d["steps"] = self.steps
+        if self.inputs:
+            d["inputs"] = self.inputs
+        return d
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ def quantize_linear(module: nn.Module, recipe: Recipe, name: str, conv1d: bool, 
     qw = entry.fn(w, spec, step, stats)
     deq = qw.dequantize(torch.float32)
     err = (deq - w.float()).pow(2).mean().item()
-    q = QuantLinear.from_quantized(qw, getattr(module, "bias", None))
+    q = quantized_linear(qw, getattr(module, "bias", None), recipe.activations)
     row = {"name": name, "shape": list(w.shape), "format": spec.label(), "weight_mse": err,
            "seconds": round(time.perf_counter() - start, 4), **qw.stats}
     return q, row
@@ -89,20 +100,37 @@ def quantize_linear(module: nn.Module, recipe: Recipe, name: str, conv1d: bool, 
 @torch.no_grad()
 def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool = True,
                    **pipeline_options) -> QuantizationReport:
-    """Replace every target linear of ``model`` (in place) by a QuantLinear.
+    """Replace every target linear of ``model`` (in place) by a QuantLinear, or by the W8A8
+    module of the recipe's activation spec.
 
-    Recipes that need calibration (GPTQ) take ``calib``, token ids ``(n, seq)``, and go through
-    ``lowbit.pipeline.quantize_with_calibration`` (``pipeline_options``: device, batch_size,
-    true_sequential, offload_hidden); the others ignore ``calib``.
+    Recipes whose steps need calibration (GPTQ, AWQ, SmoothQuant) take ``calib``, token ids
+    ``(n, seq)``, and go through ``lowbit.pipeline.quantize_with_calibration``
+    (``pipeline_options``: device, batch_size, true_sequential, offload_hidden); recipes with
+    static activation scales take ``calib`` too, for ``pipeline.act_stats.calibrate_input_scales``
+    after the weights; the others ignore ``calib``.
     """
-    if recipe.needs_calibration:
-        if calib is None:
-            raise InputError(f"recipe {recipe.name!r} ({recipe.method}) needs calibration data: "
-                             f"pass calib= token ids (n_samples, seqlen)")
+    if recipe.needs_calibration and calib is None:
+        raise InputError(f"recipe {recipe.name!r} ({recipe.method}) needs calibration data: "
+                         f"pass calib= token ids (n_samples, seqlen)")
+    if recipe.steps_need_calibration:
         from .pipeline import quantize_with_calibration
-        return quantize_with_calibration(model, recipe, calib, progress=progress, **pipeline_options)
-    if pipeline_options:
-        raise TypeError(f"options {sorted(pipeline_options)} only apply to calibrated recipes")
+        report = quantize_with_calibration(model, recipe, calib, progress=progress, **pipeline_options)
+    else:
+        if pipeline_options and not recipe.needs_calibration:
+            raise TypeError(f"options {sorted(pipeline_options)} only apply to calibrated recipes")
+        report = _quantize_each_linear(model, recipe, progress)
+    if recipe.activations is not None and recipe.activations.needs_calibration:
+        # Static input scales, once the weights are final (pipeline/act_stats.py).
+        from .pipeline.act_stats import calibrate_input_scales
+        start = time.perf_counter()
+        report.inputs = calibrate_input_scales(model, calib, recipe.activations,
+                                               pipeline_options.get("batch_size", 8), progress)
+        report.seconds = round(report.seconds + time.perf_counter() - start, 3)
+    return report
+
+
+def _quantize_each_linear(model: nn.Module, recipe: Recipe, progress: bool) -> QuantizationReport:
+    """Calibration-free weights: round each target linear once."""
     arch = arch_for(model)
     targets = find_targets(model, recipe, arch)
     if not targets:

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..formats import FormatSpec
-from ..formats.integer import dequantize
+from ..formats import FormatSpec, dequantize
+from ..formats.double_quant import DoubleQuantized
 
 
 @dataclass
@@ -15,6 +15,8 @@ class QuantizedWeight:
 
     ``zero`` is None for symmetric formats (implicit mid-point). ``stats`` carries what the
     rounder measured (reconstruction error, chosen clip ratios, seconds) for the report.
+    Double-quantized formats also carry ``scale_dq``, the stored form of ``scale`` (which then
+    holds its decoded values, the ones the codes were computed against).
     """
 
     codes: torch.Tensor
@@ -22,6 +24,7 @@ class QuantizedWeight:
     zero: torch.Tensor | None
     spec: FormatSpec
     stats: dict = field(default_factory=dict)
+    scale_dq: DoubleQuantized | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

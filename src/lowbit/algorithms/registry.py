@@ -34,6 +34,41 @@ def rounder_for(method: str) -> RounderEntry:
     return ROUNDERS[method]
 
 
+# Transforms change the float model before a rounder rounds it (AWQ). They are recipe steps like
+# rounders, keyed by method name; the block-level work is registered in ``pipeline/transforms.py``
+# under the config type (algorithms know no models).
+TRANSFORMS: dict[str, "TransformEntry"] = {}
+
+
+@dataclass(frozen=True)
+class TransformEntry:
+    method: str
+    config_type: type
+    needs_calibration: bool = True
+
+
+def register_transform(method: str, config_type: type, needs_calibration: bool = True) -> None:
+    TRANSFORMS[method] = TransformEntry(method, config_type, needs_calibration)
+
+
+def is_transform(method: str) -> bool:
+    _load_builtin()
+    return method in TRANSFORMS
+
+
+def step_for(method: str) -> "RounderEntry | TransformEntry":
+    """The entry of any recipe step, rounder or transform."""
+    _load_builtin()
+    if method in TRANSFORMS:
+        return TRANSFORMS[method]
+    if method not in ROUNDERS:
+        raise ValueError(f"unknown method {method!r} (available: "
+                         f"{', '.join(sorted({*ROUNDERS, *TRANSFORMS}))})")
+    return ROUNDERS[method]
+
+
 def _load_builtin() -> None:
     from . import rtn_step  # noqa: F401  (registers "rtn")
     from . import gptq_step  # noqa: F401  (registers "gptq")
+    from . import awq_step  # noqa: F401  (registers the "awq" transform)
+    from . import smoothquant  # noqa: F401  (registers the "smoothquant" transform)

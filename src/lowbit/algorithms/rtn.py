@@ -13,6 +13,7 @@ import torch
 from ..errors import InputError
 from ..formats import FormatSpec
 from ..formats.integer import qparams_from_range, quantize_blocks, scale_dtype, to_blocks
+from .levels import rtn_levels
 from .quantized_weight import QuantizedWeight
 
 
@@ -86,6 +87,8 @@ def block_error(
 
 def rtn(w: torch.Tensor, spec: FormatSpec, clip: ClipSearch | None = None) -> QuantizedWeight:
     """Quantize ``w (out, in)`` to the nearest grid point of ``spec``; returns codes and scales."""
+    if spec.is_lookup:  # nearest level of a table (NF4, FP4): algorithms/levels.py
+        return rtn_levels(w, spec, clip)
     blocks = to_blocks(w, spec)
     dtype = scale_dtype(spec, w.dtype)
     if clip is None:

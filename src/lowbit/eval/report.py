@@ -2,8 +2,10 @@
 
 A report is a plain dict. Keys the Markdown renders, all optional but ``rows``:
 ``model``, ``recipe`` (dict or name), ``text``, ``seqlen``, ``windows``, ``tokens``,
-``rows`` (one dict per model: ``name``, ``ppl``, ``kl``, ``top1``, ``size_mb``, ``bits_per_weight``;
-the first row is the baseline of ΔPPL), and ``layers`` (QuantizationReport.layers) or
+``rows`` (one dict per model: ``name``, ``ppl``, ``kl``, ``top1``, ``size_mb``, ``bits_per_weight``,
+``kv_cache`` (None, ``"int8"``, ``"int4"``) and ``seqlen``; rows of a KV-cache evaluation
+(``eval.kv_eval.kv_row``) add ``kv_bytes_per_token`` and the other ``kv_*`` fields, and the
+table gains their columns; the first row is the baseline of ΔPPL), and ``layers`` (QuantizationReport.layers) or
 ``quantization`` (QuantizationReport.to_dict()). Every key goes to the JSON.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from .evaluate import EvalResult
 
 TABLE_COLUMNS = ("model", "PPL", "ΔPPL", "KL", "top-1", "size MB", "bits/weight")
+KV_COLUMNS = ("KV cache", "KV B/token", "KV saving", "B/quantized token", "vs float16", "keys read quantized")
 
 
 def before_after_rows(result: EvalResult, name: str, *, fp_size_mb: float | None = None,
@@ -23,9 +26,10 @@ def before_after_rows(result: EvalResult, name: str, *, fp_size_mb: float | None
                       quant_bits: float | None = None) -> list[dict]:
     """The FP and quantized rows from one lockstep evaluation (``evaluate(q, w, reference=fp)``)."""
     fp = {"name": "FP", "ppl": result.ref_ppl, "kl": None, "top1": None,
-          "size_mb": fp_size_mb, "bits_per_weight": fp_bits}
+          "size_mb": fp_size_mb, "bits_per_weight": fp_bits, "kv_cache": None, "seqlen": result.seqlen}
     quant = {"name": name, "ppl": result.ppl, "kl": result.kl, "top1": result.top1,
-             "size_mb": quant_size_mb, "bits_per_weight": quant_bits}
+             "size_mb": quant_size_mb, "bits_per_weight": quant_bits, "kv_cache": None,
+             "seqlen": result.seqlen}
     return [fp, quant]
 
 
@@ -37,25 +41,36 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec)
 
 
+def _times(ratio) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}×"
+
+
 def _pct(fraction) -> str:
     return "—" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def _delta_pct(ppl, base) -> str:
+def _delta_pct(ppl, base, digits: int = 1) -> str:
     if ppl is None or base is None or not base or not math.isfinite(base):
         return "—"
-    return f"{(ppl / base - 1) * 100:+.1f}%"
+    return f"{(ppl / base - 1) * 100:+.{digits}f}%"
 
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of the rows; ΔPPL is relative to the first row (the baseline)."""
     base = rows[0].get("ppl") if rows else None
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + " --- |" * len(TABLE_COLUMNS)]
+    # KV-cache rows differ from the float cache by tenths of a percent: show hundredths.
+    kv = any("kv_bytes_per_token" in r for r in rows)
+    columns = TABLE_COLUMNS + (KV_COLUMNS if kv else ())
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for i, r in enumerate(rows):
         cells = [str(r.get("name", f"row {i}")), _fmt(r.get("ppl"), ".2f"),
-                 "—" if i == 0 else _delta_pct(r.get("ppl"), base), _fmt(r.get("kl"), ".4f"),
+                 "—" if i == 0 else _delta_pct(r.get("ppl"), base, 2 if kv else 1), _fmt(r.get("kl"), ".4f"),
                  _pct(r.get("top1")),
                  _fmt(r.get("size_mb"), ".1f"), _fmt(r.get("bits_per_weight"), ".3f")]
+        if kv:
+            cells += [r.get("kv_cache") or "float", _fmt(r.get("kv_bytes_per_token"), ",.0f"),
+                      _times(r.get("kv_saving")), _fmt(r.get("kv_quantized_bytes_per_token"), ",.0f"),
+                      _times(r.get("kv_quantized_saving")), _pct(r.get("kv_quantized_key_share"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

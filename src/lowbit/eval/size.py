@@ -55,9 +55,14 @@ def storage_bits(module: nn.Module) -> int:
 
     Zeros are held as int32 in memory but stored packed at the code width in checkpoints
     (compressed-tensors packs ``weight_zero_point``), so they count ``bits`` each.
+    Double-quantized scales count their int8 codes, float32 second-level scales and offset.
     """
     bits = module.weight_packed.numel() * 32
     bits += module.weight_scale.numel() * module.weight_scale.element_size() * 8
+    for name in ("weight_scale_scale", "weight_scale_offset"):
+        extra = getattr(module, name, None)
+        if extra is not None:
+            bits += extra.numel() * extra.element_size() * 8
     zero = getattr(module, "weight_zero", None)
     if zero is not None:
         bits += zero.numel() * module.spec.bits

@@ -4,14 +4,25 @@ A spec is plain data (frozen, validated on construction, JSON round-trippable). 
 one idea, the size of the block that shares a scale along the input dimension:
 ``group_size > 0`` is per-group, ``-1`` is per-channel (one block per output row) and ``0`` is
 per-tensor (one block for the whole matrix).
+
+Kinds: ``int`` (uniform integer grid, :mod:`lowbit.formats.integer`) and the lookup-table kinds
+``nf`` (NormalFloat, :mod:`lowbit.formats.nf`) and ``fp`` (FP4 E2M1, :mod:`lowbit.formats.fp4`),
+whose codes index a table of levels scaled by each block's absmax (:mod:`lowbit.formats.levels`).
+Lookup-table formats are symmetric by construction (``sym`` is always true for them) and may
+store their block scales double-quantized (``double_quant``, :mod:`lowbit.formats.double_quant`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import InputError
+from .double_quant import DQ_BITS, DQ_BLOCK
 
 SUPPORTED_INT_BITS = (2, 3, 4, 8)
+# Lookup-table kinds and the code widths their tables are defined for.
+# fp8: FP8 E4M3, its 256 byte values as the table (formats/fp8.py).
+LEVEL_KIND_BITS = {"nf": (4,), "fp": (4,), "fp8": (8,)}
+KINDS = ("int", *LEVEL_KIND_BITS)
 PER_CHANNEL = -1
 PER_TENSOR = 0
 
@@ -28,14 +39,17 @@ class FormatSpec:
     group_size: int = 64
     # None: scales are stored in the weight's own dtype (what llm-compressor writes).
     scale_dtype: str | None = None
+    # Lookup-table kinds only: block scales stored as 8-bit codes (formats/double_quant.py).
+    double_quant: bool = False
 
     def __post_init__(self):
-        if self.kind != "int":
-            raise FormatError(f"unknown format kind {self.kind!r} (supported: 'int')")
+        if self.kind not in KINDS:
+            raise FormatError(f"unknown format kind {self.kind!r} (supported: {', '.join(map(repr, KINDS))})")
+        supported = SUPPORTED_INT_BITS if self.kind == "int" else LEVEL_KIND_BITS[self.kind]
         # bool is an int and 4.0 == 4: both would pass a plain membership test and break later.
-        if not _is_int(self.bits) or self.bits not in SUPPORTED_INT_BITS:
+        if not _is_int(self.bits) or self.bits not in supported:
             raise FormatError(
-                f"unsupported bits {self.bits}: integer formats support {list(SUPPORTED_INT_BITS)}"
+                f"unsupported bits {self.bits}: {self.kind} formats support {list(supported)}"
             )
         if not _is_int(self.group_size) or self.group_size < -1:
             raise FormatError(
@@ -46,6 +60,21 @@ class FormatSpec:
             raise FormatError(f"sym must be true or false, got {self.sym!r}")
         if self.scale_dtype not in (None, "float32", "float16", "bfloat16"):
             raise FormatError(f"unsupported scale dtype {self.scale_dtype!r}")
+        if not isinstance(self.double_quant, bool):
+            raise FormatError(f"double_quant must be true or false, got {self.double_quant!r}")
+        if self.is_lookup:
+            # Absmax scaling around an exact zero level: there is no zero point to store.
+            object.__setattr__(self, "sym", True)
+        elif self.double_quant:
+            raise FormatError("double_quant applies to the block scales of nf and fp formats, not int")
+        if self.double_quant and self.scale_dtype is not None:
+            raise FormatError("double-quantized scales are 8-bit codes with float32 second-level "
+                              "scales: leave scale_dtype unset")
+
+    @property
+    def is_lookup(self) -> bool:
+        """Codes index a table of levels (nf, fp) rather than a uniform integer grid."""
+        return self.kind != "int"
 
     @property
     def qmax(self) -> int:
@@ -72,7 +101,9 @@ class FormatSpec:
     def bits_per_weight(self, in_features: int, scale_bits: int = 16, out_features: int = 1) -> float:
         """Storage bits per weight: codes plus the scale (and zero) shared by each block.
 
-        A per-tensor block is the whole ``(out_features, in_features)`` matrix.
+        A per-tensor block is the whole ``(out_features, in_features)`` matrix. Double-quantized
+        scales cost 8 bits per block plus a float32 per 256 blocks (NF4 at block 64: 4.127); the
+        one float32 offset per matrix is left out (under 0.001 bits per weight for any real layer).
         """
         if self.group_size > 0:
             block = self.group_size
@@ -80,11 +111,16 @@ class FormatSpec:
             block = in_features
         else:
             block = in_features * out_features
+        if self.double_quant:
+            return self.bits + (DQ_BITS + 32 / DQ_BLOCK) / block
         extra = scale_bits + (0 if self.sym else self.bits)
         return self.bits + extra / block
 
     def label(self) -> str:
         g = {"group": f"g{self.group_size}", "channel": "per-channel", "tensor": "per-tensor"}
+        if self.is_lookup:
+            name = {"nf": f"nf{self.bits}", "fp": f"fp{self.bits} e2m1", "fp8": "fp8 e4m3"}[self.kind]
+            return f"{name} {g[self.granularity]}" + (" dq" if self.double_quant else "")
         return f"int{self.bits} {'sym' if self.sym else 'asym'} {g[self.granularity]}"
 
     def to_dict(self) -> dict:

@@ -5,7 +5,8 @@ needed) whenever every quantized layer fits it, and the native layout otherwise;
 recipe (``recipe.yaml``, and inside the native ``quantization_config``). ``load`` reads either
 back into lowbit ``QuantLinear`` modules through transformers' own ``from_pretrained`` (so
 architectures, tied weights, shards and non-persistent buffers are handled as transformers
-handles them), with this package's quantizer doing the module swap.
+handles them), with this package's quantizer doing the module swap. The other formats lowbit
+writes and reads (GPTQ, AWQ, GGUF) are dispatched through :mod:`lowbit.io.export`.
 """
 from __future__ import annotations
 
@@ -18,23 +19,29 @@ from torch import nn
 
 from ..errors import InputError
 from . import compressed_tensors as ct
-from . import native
+from . import ct_activation_schemes, export, native
 from .atomic import atomic_directory, check_writable_target
 from .files import (CONFIG_NAME, RECIPE_NAME, CheckpointError, checkpoint_dir, read_json,
                     tensor_table, weight_files)
-from .layers import quantized_modules
+from .layers import lowbit_modules
 
-FORMATS = ("auto", "compressed-tensors", "native")
-_ALIASES = {"ct": "compressed-tensors", "compressed_tensors": "compressed-tensors"}
-_DTYPE_BYTES = {"I8": 1, "U8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "I64": 8, "F64": 8}
+FORMATS = ("auto", *export.EXPORT_FORMATS)  # GPTQ, AWQ and GGUF: see lowbit.io.export
+_ALIASES = {"ct": "compressed-tensors", "compressed_tensors": "compressed-tensors", "gptq_v2": "gptq-v2"}
+_DTYPE_BYTES = {"I8": 1, "U8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "I64": 8, "F64": 8,
+                "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def choose_format(model: nn.Module, format: str = "auto") -> str:
     fmt = _ALIASES.get(format, format)
     if fmt not in FORMATS:
         raise InputError(f"unknown checkpoint format {format!r} (choose from {', '.join(FORMATS)})")
-    if not quantized_modules(model):
+    if not lowbit_modules(model):
         raise InputError("model has no lowbit quantized layers to save (quantize it first)")
+    if fmt not in ("auto", "compressed-tensors", "native"):
+        reason = export.why_not(fmt, model)
+        if reason:
+            raise InputError(f"cannot save as {fmt}: {reason}")
+        return fmt
     reason = ct.why_not_expressible(model)
     if fmt == "compressed-tensors" and reason:
         raise InputError(f"cannot save as compressed-tensors: {reason}; use format='native'")
@@ -57,17 +64,23 @@ def save(model: nn.Module, tokenizer=None, out_dir: str | os.PathLike = "out", f
     recipe = getattr(model, "lowbit_recipe", None)
     if fmt == "compressed-tensors":
         tensors, qconfig = ct.state_dict(model), ct.quantization_config(model)
-    else:
+    elif fmt in export.DIRECTORY_LAYOUTS:
+        layout = export.DIRECTORY_LAYOUTS[fmt]
+        tensors, qconfig = layout.state_dict(model), layout.quantization_config(model, recipe)
+    elif fmt != export.GGUF:
         tensors, qconfig = native.state_dict(model), native.quantization_config(model, recipe)
     with atomic_directory(out, overwrite) as tmp:
-        _save_pretrained(model, tmp, tensors)
-        config = read_json(tmp / CONFIG_NAME)
-        config["quantization_config"] = qconfig
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if fmt == export.GGUF:  # one file holding tensors, config and tokenizer
+            export.write_gguf(model, tokenizer, tmp)
+        else:
+            _save_pretrained(model, tmp, tensors)
+            config = read_json(tmp / CONFIG_NAME)
+            config["quantization_config"] = qconfig
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
         if recipe is not None:
             recipe.save_yaml(tmp / RECIPE_NAME)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
         for rel, content in extra.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +124,10 @@ def is_quantized_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """"compressed-tensors" or "native" from config.json; InputError for anything else."""
+    """"compressed-tensors", "native", "gptq", "awq" (config.json's quant_method) or "gguf" (a
+    ``.gguf`` file, or a directory holding one and no config.json); InputError for anything else."""
+    if export.gguf_file(path) is not None:
+        return export.GGUF
     p = checkpoint_dir(path)
     qc = read_json(p / CONFIG_NAME).get("quantization_config")
     if not isinstance(qc, dict):
@@ -122,8 +138,11 @@ def detect_format(path: str | os.PathLike) -> str:
     if method == ct.CT_METHOD:
         ct.check_config(qc, str(p))
         return "compressed-tensors"
+    if method in export.IMPORTERS:
+        export.IMPORTERS[method].check_config(qc, str(p))
+        return method
     raise CheckpointError(f"{p}: quantization method {method!r} is not one lowbit reads "
-                          f"(lowbit, compressed-tensors)")
+                          f"(lowbit, compressed-tensors, {', '.join(export.IMPORTERS)})")
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -132,16 +151,24 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     Returns ``(model, tokenizer)``: an eval-mode model whose quantized layers are lowbit
     ``QuantLinear`` modules, and the tokenizer saved beside it (None if there is none).
     compressed-tensors checkpoints from other tools (llm-compressor W4A16 and the like) load too:
-    layers are found with compressed-tensors' own target/ignore matcher.
+    layers are found with compressed-tensors' own target/ignore matcher. GPTQ and AWQ checkpoints
+    (any tool's) are translated to the native layout first; GGUF files load as float models
+    (:mod:`lowbit.io.export`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from . import hf_quantizer  # noqa: F401  (registers quant_method "lowbit")
 
     fmt = detect_format(path)
+    if fmt == export.GGUF:  # a float model, dequantized by transformers' GGUF loader
+        from ..sources import load_model
+        model, tokenizer = load_model(str(export.gguf_file(path)))
+        return (model.to(device) if torch.device(device).type != "cpu" else model), tokenizer
     p = checkpoint_dir(path)
     tensor_table(p)  # one-line errors for missing, truncated or corrupt weight files
     config = AutoConfig.from_pretrained(p)
+    if fmt in export.IMPORTERS:
+        return _load_translated(p, config, device), _tokenizer(p)
     if fmt == "compressed-tensors":
         config.quantization_config = {
             "quant_method": "lowbit", "layout": "compressed-tensors",
@@ -155,6 +182,26 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     if torch.device(device).type != "cpu":
         model.to(device)
     return model, _tokenizer(p)
+
+
+def _load_translated(p: Path, config, device):
+    """GPTQ/AWQ: tensors converted to the native layout in memory, loaded like a native checkpoint."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config.quantization_config, state_dict = export.read_translated(p, config.quantization_config)
+    config.quantization_config["recipe"] = _lowbit_recipe(_recipe_yaml(p))
+    # The model class itself: the Auto class insists on a path, which excludes a state dict.
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    try:
+        model, info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
+                                                  output_loading_info=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: tensors do not match config.json ({str(e).splitlines()[0]})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(f"{p}: the checkpoint has no tensor {missing[0]} (and {len(missing) - 1} more missing)")
+    model.eval()
+    return model.to(device) if torch.device(device).type != "cpu" else model
 
 
 def _recipe_yaml(p: Path) -> dict | None:
@@ -198,18 +245,24 @@ def inspect(path: str | os.PathLike) -> dict:
     ``model_bits_per_weight`` divides every stored byte by every (logical) parameter.
     """
     fmt = detect_format(path)
+    if fmt == export.GGUF:
+        return export.inspect_gguf(export.gguf_file(path))
     p = checkpoint_dir(path)
     config = read_json(p / CONFIG_NAME)
     qc = config["quantization_config"]
     table = tensor_table(p)
-    layers = _ct_layers(p, qc, table) if fmt == "compressed-tensors" else _native_layers(qc)
+    if fmt in export.IMPORTERS:
+        layers = export.foreign_layers(qc, table)
+    else:
+        layers = _ct_layers(p, qc, table) if fmt == "compressed-tensors" else _native_layers(qc)
     q_bits = q_weights = 0
     for row in layers:
-        if f"{row['name']}.weight_packed" not in table:
+        keys = row.pop("tensors", ("weight_packed", "weight_scale", "weight_zero", "weight_zero_point",
+                                   "weight_scale_scale", "weight_scale_offset"))  # the last two: double quant
+        if f"{row['name']}.{keys[0]}" not in table:
             raise CheckpointError(f"{p}: config lists layer {row['name']} but the weights do not hold it")
         n = row["shape"][0] * row["shape"][1]
-        bits = 8 * sum(_nbytes(table[f"{row['name']}.{k}"]) for k in
-                       ("weight_packed", "weight_scale", "weight_zero", "weight_zero_point")
+        bits = 8 * sum(_nbytes(table[f"{row['name']}.{k}"]) for k in keys
                        if f"{row['name']}.{k}" in table)
         row["bits_per_weight"] = round(bits / n, 4)
         q_bits, q_weights = q_bits + bits, q_weights + n
@@ -219,12 +272,16 @@ def inspect(path: str | os.PathLike) -> dict:
     total_bytes = sum(f.stat().st_size for f in weight_files(p))
     recipe = qc.get("recipe") if fmt == "native" else _recipe_yaml(p)
     return {
-        "path": str(p), "format": fmt, "model_type": config.get("model_type"),
+        "path": str(p), "format": export.format_name(fmt, qc), "model_type": config.get("model_type"),
         "quantized_layers": len(layers), "quantized_weights": q_weights,
         "bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
         "model_bits_per_weight": round(8 * total_bytes / max(1, q_weights + other), 4),
         "size_bytes": total_bytes, "recipe": recipe, "layers": layers,
     }
+
+
+# A W8A8 layer's stored tensors in lowbit's native layout (codes first: they must be there).
+W8A8_TENSORS = ("weight_codes", "weight_scale", "input_scale")
 
 
 def _row(name: str, shape, spec) -> dict:
@@ -235,7 +292,9 @@ def _row(name: str, shape, spec) -> dict:
 def _native_layers(qc: dict) -> list[dict]:
     specs = native.layer_specs(qc)
     shapes = {n: s for g in qc.get("groups", {}).values() for n, s in g.get("modules", {}).items()}
-    return [_row(n, shapes[n], specs[n]) for n in specs]
+    acts = native.layer_activations(qc)  # W8A8 layers: unpacked codes, static input scales
+    return [_row(n, shapes[n], specs[n]) | ({"activations": acts[n].label, "tensors": W8A8_TENSORS}
+                                             if n in acts else {}) for n in specs]
 
 
 def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
@@ -252,7 +311,8 @@ def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
                 if k.endswith(".weight_shape"):
                     shapes[k.removesuffix(".weight_shape")] = h.get_tensor(k).tolist()
     groups = [(t, ct.spec_from_args(g.get("weights") or {}, gname))
-              for gname, g in qc.get("config_groups", {}).items() for t in g.get("targets", [])]
+              for gname, g in qc.get("config_groups", {}).items() if ct.reader_for(g) is None
+              for t in g.get("targets", [])]
     rows = []
     for name in names:
         exact_then_regex = sorted(groups, key=lambda ts: ("re:" in ts[0], ts[0]))
@@ -262,7 +322,7 @@ def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
         if spec is None or name not in shapes:
             raise CheckpointError(f"{p}: cannot tell the format of layer {name}")
         rows.append(_row(name, shapes[name], spec))
-    return rows
+    return rows + ct_activation_schemes.inspect_rows(table)
 
 
 def _numel(t: dict) -> int:

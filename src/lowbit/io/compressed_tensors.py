@@ -36,10 +36,20 @@ reads only the keys it knows and ignores this one. That path decodes every layer
 
 Only ``nn.Linear`` layers can be expressed: compressed-tensors cannot initialise transformers'
 ``Conv1D`` (GPT-2), so such models go to the native layout.
+
+Which module becomes which scheme is a registry (:func:`register_ct_scheme`): a module type maps
+to a function returning the layer's config-group body and tensors, and layers with equal schemes
+share a config group. ``QuantLinear`` is the weight-only row (int 1–8 bits, symmetric or not,
+per group/channel/tensor; GPTQ act-order recorded as ``actorder: "static"``, since lowbit's
+act-order keeps groups contiguous and compressed-tensors 0.19+ has no ``g_idx``); weight+activation
+modules add their rows (``int-quantized``, ``float-quantized``) from their own files.
 """
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -47,17 +57,104 @@ from torch import nn
 from ..errors import InputError
 from ..formats import FormatSpec, pack, packed_width, unpack
 from ..modules import QuantLinear
-from .layers import group_by_format, quantized_modules
+from .layers import quantized_modules
 
 CT_FORMAT = "pack-quantized"
 CT_METHOD = "compressed-tensors"
+MIXED_FORMAT = "mixed-precision"  # the top-level format when config groups differ in format
 _STRATEGY = {"group": "group", "channel": "channel", "tensor": "tensor"}
 # A QuantLinear's state; "weight" is the native sentinel a loaded module may carry.
 _KNOWN_TENSORS = {"weight_packed", "weight_scale", "weight_zero", "bias", "weight"}
 
 
+# ---- the scheme registry: module type -> (config-group body, tensors) ---------------------------
+
+class NotExpressible(InputError):
+    """A module compressed-tensors has no scheme for (the message says why)."""
+
+
+@dataclass(frozen=True)
+class CTLayer:
+    """One module as compressed-tensors stores it.
+
+    ``scheme`` is the body of its config group: ``weights``, ``input_activations``,
+    ``output_activations`` (QuantizationArgs dicts or None) and ``format`` (``pack-quantized``,
+    ``int-quantized``, ``float-quantized``...). ``tensors`` are its tensors without the module
+    prefix. Layers with equal schemes share a config group.
+    """
+
+    scheme: dict
+    tensors: dict[str, torch.Tensor]
+
+
+# fn(name, module, recipe or None) -> CTLayer, or raises NotExpressible
+SchemeFn = Callable[[str, nn.Module, object], CTLayer]
+_SCHEMES: dict[type, SchemeFn] = {}
+
+
+def register_ct_scheme(module_type: type, fn: SchemeFn) -> None:
+    """Teach the writer a quantized module type (a table row: other files add their own).
+
+    Every module of ``module_type`` (or a subclass) in a model becomes ``fn(name, module, recipe)``
+    in the checkpoint; its own state-dict entries are replaced by the layer's ``tensors``.
+    """
+    _SCHEMES[module_type] = fn
+
+
+def scheme_fn(module: nn.Module) -> SchemeFn | None:
+    return next((_SCHEMES[c] for c in type(module).__mro__ if c in _SCHEMES), None)
+
+
+def ct_layers(model: nn.Module, recipe=None) -> dict[str, CTLayer]:
+    """Every registered quantized module of ``model`` as a :class:`CTLayer` (NotExpressible if one
+    cannot be written)."""
+    recipe = recipe if recipe is not None else getattr(model, "lowbit_recipe", None)
+    layers = {}
+    for name, m in model.named_modules():
+        fn = scheme_fn(m)
+        if fn is not None:
+            layers[name] = fn(name, m, recipe)
+    return layers
+
+
+def _scheme_key(scheme: dict) -> str:
+    return json.dumps(scheme, sort_keys=True, default=str)
+
+
+def group_layers(layers: dict[str, CTLayer]) -> list[tuple[dict, list[str]]]:
+    """``[(scheme, [names])]``, the group with the most layers first (it targets ``Linear``)."""
+    groups: dict[str, tuple[dict, list[str]]] = {}
+    for name, layer in layers.items():
+        groups.setdefault(_scheme_key(layer.scheme), (layer.scheme, []))[1].append(name)
+    return sorted(groups.values(), key=lambda g: -len(g[1]))
+
+
+# ---- the weight-only integer row (QuantLinear -> pack-quantized) --------------------------------
+
+def _act_order(recipe) -> bool:
+    return bool(getattr(getattr(recipe, "rounder", None), "act_order", False))
+
+
+def weight_only_layer(name: str, m: QuantLinear, recipe=None) -> CTLayer:
+    spec = m.spec
+    if spec.kind != "int" or not 1 <= spec.bits <= 8:
+        raise NotExpressible(f"{name} uses {spec.label()}, which pack-quantized cannot hold")
+    extra = set(m.state_dict()) - _KNOWN_TENSORS
+    if extra:
+        raise NotExpressible(f"{name} carries tensors compressed-tensors has no place for "
+                             f"({', '.join(sorted(extra))})")
+    # lowbit's act-order is static groups: contiguous groups, no g_idx (CT's "static" order).
+    actorder = "static" if _act_order(recipe) and spec.granularity == "group" else None
+    scheme = {"weights": weight_args(spec, actorder), "input_activations": None,
+              "output_activations": None, "format": CT_FORMAT}
+    return CTLayer(scheme, layer_tensors(m))
+
+
+register_ct_scheme(QuantLinear, weight_only_layer)
+
+
 def why_not_expressible(model: nn.Module) -> str | None:
-    """None if every quantized layer fits pack-quantized, else the reason (one line)."""
+    """None if every quantized layer has a compressed-tensors scheme, else the reason (one line)."""
     from ..arch import arch_for
 
     with warnings.catch_warnings():
@@ -65,15 +162,14 @@ def why_not_expressible(model: nn.Module) -> str | None:
         conv1d = arch_for(model).conv1d
     if conv1d:
         return "its layers are transformers Conv1D (GPT-2 style), which compressed-tensors cannot load"
-    layers = quantized_modules(model)
-    for name, m in layers.items():
-        if m.spec.kind != "int" or not 1 <= m.spec.bits <= 8:
-            return f"{name} uses {m.spec.label()}, which pack-quantized cannot hold"
-        extra = set(m.state_dict()) - _KNOWN_TENSORS
-        if extra:
-            return f"{name} carries tensors compressed-tensors has no place for ({', '.join(sorted(extra))})"
-    groups = group_by_format(layers)
-    if len(groups) > 1 and any(packed_zero_point(spec) for spec, _ in groups):
+    unknown = [n for n, m in quantized_modules(model).items() if scheme_fn(m) is None]
+    if unknown:
+        return f"{unknown[0]} is a {type(dict(model.named_modules())[unknown[0]]).__name__} with no compressed-tensors scheme"
+    try:
+        groups = group_layers(ct_layers(model))
+    except NotExpressible as e:
+        return str(e)
+    if len(groups) > 1 and any(_packs_zero_point(scheme) for scheme, _ in groups):
         return ("it mixes several formats with asymmetric zero points, which transformers cannot "
                 "load from compressed-tensors")
     return None
@@ -83,9 +179,15 @@ def packed_zero_point(spec: FormatSpec) -> bool:
     return not spec.sym and spec.granularity in ("group", "channel")
 
 
+def _packs_zero_point(scheme: dict) -> bool:
+    w = scheme.get("weights") or {}
+    return (scheme.get("format") == CT_FORMAT and not w.get("symmetric", True)
+            and w.get("strategy") in ("group", "channel"))
+
+
 # ---- writing ---------------------------------------------------------------------------------
 
-def weight_args(spec: FormatSpec) -> dict:
+def weight_args(spec: FormatSpec, actorder: str | None = None) -> dict:
     """The ``weights`` entry of a config group, as compressed-tensors serialises it."""
     from compressed_tensors.quantization import QuantizationArgs
 
@@ -95,31 +197,34 @@ def weight_args(spec: FormatSpec) -> dict:
         kw["zp_dtype"] = "torch.int8"  # the signed zero points' dtype before packing, as llm-compressor records
     if spec.scale_dtype:
         kw["scale_dtype"] = f"torch.{spec.scale_dtype}"
+    if actorder:
+        kw["actorder"] = actorder
     return QuantizationArgs(**kw).model_dump()
 
 
-def quantization_config(model: nn.Module) -> dict:
-    """config.json's ``quantization_config`` for the model's QuantLinear layers.
+def quantization_config(model: nn.Module, recipe=None) -> dict:
+    """config.json's ``quantization_config`` for the model's quantized layers.
 
-    One format: ``targets: ["Linear"]`` with every remaining float ``nn.Linear`` (``lm_head``...)
-    in ``ignore`` — what llm-compressor writes. Several formats (per-layer overrides): the largest
-    group keeps ``["Linear"]``, the others list their layers by exact name, which both
-    compressed-tensors and vLLM match before class names.
+    One scheme: ``targets: ["Linear"]`` with every remaining float ``nn.Linear`` (``lm_head``...)
+    in ``ignore`` — what llm-compressor writes. Several schemes (per-layer overrides, or module
+    types with different schemes): the largest group keeps ``["Linear"]``, the others list their
+    layers by exact name, which both compressed-tensors and vLLM match before class names.
     """
     import compressed_tensors
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-    groups = group_by_format(quantized_modules(model))
+    groups = group_layers(ct_layers(model, recipe))
     if not groups:
         raise InputError("model has no lowbit quantized layers to save")
     schemes = {}
-    for i, (spec, names) in enumerate(groups):
+    for i, (scheme, names) in enumerate(groups):
         targets = ["Linear"] if i == 0 else sorted(names)
-        schemes[f"group_{i}"] = QuantizationScheme(targets=targets, weights=weight_args(spec),
-                                                   format=CT_FORMAT)
+        schemes[f"group_{i}"] = QuantizationScheme(targets=targets, **scheme)
+    formats = {scheme["format"] for scheme, _ in groups}
     ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    qc = QuantizationConfig(config_groups=schemes, format=CT_FORMAT, quantization_status="compressed",
-                            ignore=ignore, kv_cache_scheme=None, global_compression_ratio=None)
+    qc = QuantizationConfig(config_groups=schemes, format=formats.pop() if len(formats) == 1 else MIXED_FORMAT,
+                            quantization_status="compressed", ignore=ignore, kv_cache_scheme=None,
+                            global_compression_ratio=None)
     config = {
         "version": compressed_tensors.__version__,
         "quant_method": CT_METHOD,
@@ -127,7 +232,7 @@ def quantization_config(model: nn.Module) -> dict:
         "transform_config": {},
         **qc.model_dump(mode="json", exclude=["quant_method"]),
     }
-    if any(packed_zero_point(spec) for spec, _ in groups):
+    if any(_packs_zero_point(scheme) for scheme, _ in groups):
         config["dequantize"] = True  # see the module docstring
     return config
 
@@ -159,12 +264,13 @@ def layer_tensors(m: QuantLinear) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in t.items()}
 
 
-def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def state_dict(model: nn.Module, recipe=None) -> dict[str, torch.Tensor]:
     sd = {k: v for k, v in model.state_dict().items()}
-    for name, m in quantized_modules(model).items():
-        for k in _KNOWN_TENSORS:
+    modules = dict(model.named_modules())
+    for name, layer in ct_layers(model, recipe).items():
+        for k in modules[name].state_dict():
             sd.pop(f"{name}.{k}", None)
-        sd.update({f"{name}.{k}": v for k, v in layer_tensors(m).items()})
+        sd.update({f"{name}.{k}": v for k, v in layer.tensors.items()})
     return sd
 
 
@@ -186,13 +292,61 @@ def spec_from_args(args: dict, where: str) -> FormatSpec:
                       scale_dtype=str(scale_dtype).removeprefix("torch.") if scale_dtype else None)
 
 
+# Formats other files teach the reader (W8A8 int-quantized / float-quantized:
+# io/ct_activation_schemes.py): config-group format -> CTReader.
+_READERS: dict[str, "CTReader"] = {}
+_SPEC_READERS: dict[type, "CTReader"] = {}
+
+
+@dataclass(frozen=True)
+class CTReader:
+    """How lowbit loads the config groups of one compressed-tensors format QuantLinear does not run.
+
+    ``layer_spec(group, where)``: what one layer of the group needs, an instance of
+    ``spec_type`` (InputError when lowbit cannot run the group); ``empty_layer(out_features,
+    in_features, layer_spec, bias, dtype, device)``: a :class:`CompressedTensorsLinear` subclass
+    holding the checkpoint's tensors under their own names, whose ``to_quant_linear`` gives the
+    lowbit module that runs it.
+    """
+
+    formats: tuple[str, ...]
+    spec_type: type
+    layer_spec: Callable[[dict, str], object]
+    empty_layer: Callable[..., nn.Module]
+
+
+def register_ct_reader(reader: CTReader) -> None:
+    for fmt in reader.formats:
+        _READERS[fmt] = reader
+    _SPEC_READERS[reader.spec_type] = reader
+
+
+def reader_for(group: dict) -> CTReader | None:
+    return _READERS.get(group.get("format"))
+
+
+def empty_layer(out_features: int, in_features: int, spec, bias: bool, dtype: torch.dtype, device=None):
+    """The shell a loader puts in place of a quantized linear, for ``resolve_layers``' spec."""
+    if isinstance(spec, FormatSpec):
+        scale_dtype = getattr(torch, spec.scale_dtype) if spec.scale_dtype else dtype
+        return CompressedTensorsLinear(out_features, in_features, spec, bias, scale_dtype, device)
+    return _SPEC_READERS[type(spec)].empty_layer(out_features, in_features, spec, bias, dtype, device)
+
+
 def check_config(qc: dict, where: str) -> None:
     fmt = qc.get("format")
-    if fmt != CT_FORMAT:
-        raise InputError(f"{where}: compressed-tensors format {fmt!r} is not supported (only {CT_FORMAT!r})")
+    groups = (qc.get("config_groups") or {}).values()
+    known = fmt == CT_FORMAT or fmt in _READERS or (
+        fmt == MIXED_FORMAT and all(g.get("format") in (None, CT_FORMAT, *_READERS) for g in groups))
+    if not known:
+        raise InputError(f"{where}: compressed-tensors format {fmt!r} is not supported "
+                         f"(only {', '.join([CT_FORMAT, *_READERS])})")
     if qc.get("kv_cache_scheme"):
         raise InputError(f"{where}: compressed-tensors kv-cache quantization is not supported")
     for gname, g in (qc.get("config_groups") or {}).items():
+        if reader_for(g) is not None:
+            reader_for(g).layer_spec(g, f"{where}: config group {gname}")  # raises if lowbit cannot run it
+            continue
         if g.get("input_activations") or g.get("output_activations"):
             raise InputError(f"{where}: config group {gname} quantizes activations; "
                              f"only weight-only is supported")
@@ -208,7 +362,9 @@ def resolve_layers(model: nn.Module, qc: dict) -> dict[str, FormatSpec]:
 
     target_to_spec: OrderedDict[str, FormatSpec] = OrderedDict()
     for gname, g in qc.get("config_groups", {}).items():
-        spec = spec_from_args(g.get("weights") or {}, f"config group {gname}")
+        reader = reader_for(g)
+        spec = reader.layer_spec(g, f"config group {gname}") if reader is not None \
+            else spec_from_args(g.get("weights") or {}, f"config group {gname}")
         for t in g.get("targets", []):
             target_to_spec[t] = spec
     layers = {}

@@ -65,11 +65,14 @@ class LowbitHfQuantizer(HfQuantizer):
         return model
 
     def _swap_native(self, model):
-        for name, spec in native.layer_specs(self.quantization_config.to_dict()).items():
+        qc = self.quantization_config.to_dict()
+        activations = native.layer_activations(qc)
+        for name, spec in native.layer_specs(qc).items():
             old = _module(model, name)
             out_f, in_f, bias = float_linear_dims(old, name)
             device, dtype = module_device_dtype(old)
-            q = native.empty_quant_linear(out_f, in_f, spec, bias, spec_scale_dtype(spec, dtype), device)
+            q = native.empty_quant_linear(out_f, in_f, spec, bias, spec_scale_dtype(spec, dtype), device,
+                                          activations.get(name))
             # The module mirrors the checkpoint, sentinel included: transformers loads it like any
             # tensor (no "unexpected key"), and model-specific init code that reaches for
             # ``<layer>.weight`` (GPT-2's scaled c_proj init) finds an empty tensor to no-op on.
@@ -83,8 +86,8 @@ class LowbitHfQuantizer(HfQuantizer):
             old = _module(model, name)
             out_f, in_f, bias = float_linear_dims(old, name)
             device, dtype = module_device_dtype(old)
-            set_module(model, name, ct.CompressedTensorsLinear(
-                out_f, in_f, spec, bias, spec_scale_dtype(spec, dtype), device))
+            # pack-quantized shells, or the shells of formats other files registered (W8A8)
+            set_module(model, name, ct.empty_layer(out_f, in_f, spec, bias, dtype, device))
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         for name, m in list(model.named_modules()):

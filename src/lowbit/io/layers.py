@@ -21,6 +21,17 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
+def act_quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The weight-and-activation quantized linears (W8A8 int8, LLM.int8, FP8)."""
+    from ..modules import ActQuantLinear
+    return {name: m for name, m in model.named_modules() if isinstance(m, ActQuantLinear)}
+
+
+def lowbit_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every lowbit quantized linear, weight-only or not."""
+    return {**quantized_modules(model), **act_quantized_modules(model)}
+
+
 def group_by_format(layers: dict[str, QuantLinear]) -> list[tuple[FormatSpec, list[str]]]:
     """``[(spec, [names...]), ...]``, the group with the most layers first (it becomes the default)."""
     groups: dict[FormatSpec, list[str]] = {}
@@ -56,3 +67,30 @@ def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def spec_scale_dtype(spec: FormatSpec, weight_dtype: torch.dtype) -> torch.dtype:
     return getattr(torch, spec.scale_dtype) if spec.scale_dtype else weight_dtype
+
+
+def float_linear_names(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
+    """Names of the linears (``nn.Linear`` or ``Conv1D``) left in float, but for ``skip``."""
+    return [name for name, m in model.named_modules()
+            if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
+            and name.rpartition(".")[2] not in skip and name not in skip]
+
+
+# ---- checking another layout's tensors before converting them (GPTQ, AWQ importers) -----------
+
+def require_tensors(layer: str, tensors: dict[str, torch.Tensor], names: tuple[str, ...], layout: str) -> None:
+    from .files import CheckpointError
+
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise CheckpointError(f"{layout} checkpoint: layer {layer} is missing tensor {layer}.{missing[0]}")
+
+
+def check_tensor(layer: str, key: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None) -> None:
+    """A one-line CheckpointError unless ``t`` has ``shape`` (and ``dtype``, when given)."""
+    from .files import CheckpointError
+
+    if tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"{layer}.{key} has shape {list(t.shape)}, expected {list(shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise CheckpointError(f"{layer}.{key} has dtype {t.dtype}, expected {dtype}")

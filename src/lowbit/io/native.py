@@ -7,7 +7,10 @@ Tensors per quantized layer ``L`` (QuantLinear's own buffers, unchanged):
 ``L.weight_packed`` int32 ``(out, ceil(in·bits/32))`` unsigned codes, dense LSB-first bitstream;
 ``L.weight_scale`` ``(out, n_groups)`` (``(1, 1)`` per tensor); ``L.weight_zero`` int32 unsigned
 zeros, asymmetric only; ``L.bias`` if any; and the sentinel ``L.weight``: an empty int8 tensor
-of shape ``(0,)``.
+of shape ``(0,)``. Lookup-table formats (``format: "nf"`` NF4, ``"fp"`` FP4 E2M1) store their
+codes (table indices) the same way, 4-bit codes two per byte, low nibble first; with
+``double_quant`` ``L.weight_scale`` is int8 codes of the block scales, beside float32
+``L.weight_scale_scale`` (one per 256 block scales) and ``L.weight_scale_offset`` (one).
 
 ``quantization_config``::
 
@@ -34,8 +37,9 @@ from torch import nn
 from .. import __version__
 from ..errors import InputError
 from ..formats import FormatSpec
+from ..formats.activations import ActivationSpec
 from ..modules import QuantLinear
-from .layers import group_by_format, quantized_modules
+from .layers import act_quantized_modules, group_by_format, lowbit_modules, quantized_modules
 
 LAYOUT = "native"
 SENTINEL = "weight"
@@ -47,16 +51,32 @@ def sentinel() -> torch.Tensor:
 
 def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = dict(model.state_dict())
-    for name in quantized_modules(model):
+    for name in lowbit_modules(model):
         sd[f"{name}.{SENTINEL}"] = sentinel()
     return sd
 
 
+def _groups(model: nn.Module) -> list[tuple[FormatSpec, dict | None, list[str]]]:
+    """``(weight format, activation spec dict or None, names)`` per group, the largest first.
+
+    Weight-and-activation modules (W8A8, LLM.int8, FP8) keep their codes in ``L.weight_codes``
+    (int8 or float8_e4m3fn, unpacked), ``L.weight_scale (out, 1)`` and, static, ``L.input_scale``;
+    their group records ``"activations"`` (an ActivationSpec), which picks the module on load.
+    """
+    groups = [(spec, None, names) for spec, names in group_by_format(quantized_modules(model))]
+    by_acts: dict[tuple, list[str]] = {}
+    for name, m in act_quantized_modules(model).items():
+        acts = m.activation_spec()
+        by_acts.setdefault((m.spec, acts), []).append(name)
+    groups += [(spec, acts.to_dict(), names) for (spec, acts), names in by_acts.items()]
+    return sorted(groups, key=lambda g: -len(g[2]))
+
+
 def quantization_config(model: nn.Module, recipe=None) -> dict:
-    groups = group_by_format(quantized_modules(model))
+    groups = _groups(model)
     if not groups:
         raise InputError("model has no lowbit quantized layers to save")
-    layers = quantized_modules(model)
+    layers = lowbit_modules(model)
     default = groups[0][0]
     recipe_dict = recipe.to_dict() if recipe is not None else None
     return {
@@ -70,9 +90,9 @@ def quantization_config(model: nn.Module, recipe=None) -> dict:
         "overrides": recipe_dict["overrides"] if recipe_dict else [],
         "recipe": recipe_dict,
         "groups": {
-            f"group_{i}": {"format": spec.to_dict(),
+            f"group_{i}": {"format": spec.to_dict(), **({"activations": acts} if acts else {}),
                            "modules": {n: [layers[n].out_features, layers[n].in_features] for n in names}}
-            for i, (spec, names) in enumerate(groups)
+            for i, (spec, acts, names) in enumerate(groups)
         },
         "sentinel": SENTINEL,
         "lowbit_version": __version__,
@@ -95,7 +115,24 @@ def layer_specs(qc: dict) -> dict[str, FormatSpec]:
     return specs
 
 
+def layer_activations(qc: dict) -> dict[str, ActivationSpec]:
+    """``module name -> ActivationSpec`` for the layers whose group quantizes inputs too."""
+    acts = {}
+    for gname, g in (qc.get("groups") or {}).items():
+        if g.get("activations") is not None:
+            try:
+                spec = ActivationSpec.from_dict(g["activations"])
+            except (TypeError, ValueError) as e:
+                raise InputError(f"lowbit checkpoint group {gname}: bad activations ({e})") from None
+            acts.update({name: spec for name in g.get("modules", {})})
+    return acts
+
+
 def empty_quant_linear(out_f: int, in_f: int, spec: FormatSpec, bias: bool, dtype: torch.dtype,
-                       device=None) -> QuantLinear:
-    """The module transformers fills from a native checkpoint (its buffers are the tensor names)."""
+                       device=None, activations: ActivationSpec | None = None):
+    """The module transformers fills from a native checkpoint (its buffers are the tensor names):
+    a QuantLinear, or with ``activations`` the W8A8 module of their kind."""
+    if activations is not None:
+        from ..modules.factory import ACT_MODULES
+        return ACT_MODULES[activations.kind].empty(in_f, out_f, activations, bias, dtype, device)
     return QuantLinear(in_f, out_f, spec, bias, dtype=dtype, device=device)

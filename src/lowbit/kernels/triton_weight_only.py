@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .dispatch import tuning_allowed
 from .triton_dequant import dequantize
 from .triton_gemv import gemv
 from .triton_gemv_planes import gemv_planes
@@ -190,7 +191,7 @@ def choose_config(x2: torch.Tensor, layout: WeightLayout, bias) -> KernelConfig:
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
-    tune = (x2.is_cuda and os.environ.get("LOWBIT_TRITON_TUNE", "1") != "0"
+    tune = (x2.is_cuda and os.environ.get("LOWBIT_TRITON_TUNE", "1") != "0" and tuning_allowed()
             and not torch.cuda.is_current_stream_capturing())
     if not tune:
         return default_config(x2.shape[0])

@@ -1,8 +1,13 @@
-"""Weight-only quantized linear layer: packed integer codes plus block scales (and zeros).
+"""Weight-only quantized linear layer: packed codes plus block scales (and zeros).
 
 Buffers mirror the compressed-tensors names (``weight_packed``, ``weight_scale``) so the
 exporters are a renaming, not a conversion; ``weight_zero`` holds unsigned integer zeros
 (asymmetric formats only). The forward goes through the kernel dispatch.
+
+Codes are integers on a uniform grid or indices into a table of levels (NF4, FP4): the spec's
+kind decides how they dequantize (``formats.dequantize``), not this module. Double-quantized
+formats store ``weight_scale`` as int8 codes with ``weight_scale_scale`` (float32, one per 256
+block scales) and ``weight_scale_offset`` (float32, one); ``block_scale()`` decodes them.
 """
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import torch
 from torch import nn
 
 from ..algorithms.quantized_weight import QuantizedWeight
-from ..formats import FormatSpec, dequantize, pack, packed_width, unpack
+from ..formats import FormatError, FormatSpec, dequantize, pack, packed_width, unpack
+from ..formats.double_quant import DoubleQuantized, decode_scales, n_dq_blocks
 from .. import kernels
 
 
@@ -27,7 +33,13 @@ class QuantLinear(nn.Module):
         rows, groups = (1, 1) if spec.group_size == 0 else (out_features, spec.n_groups(in_features))
         self.register_buffer("weight_packed", torch.zeros(
             out_features, packed_width(in_features, spec.bits), dtype=torch.int32, device=device))
-        self.register_buffer("weight_scale", torch.ones(rows, groups, dtype=dtype, device=device))
+        if spec.double_quant:
+            self.register_buffer("weight_scale", torch.zeros(rows, groups, dtype=torch.int8, device=device))
+            self.register_buffer("weight_scale_scale", torch.ones(
+                n_dq_blocks(rows * groups), dtype=torch.float32, device=device))
+            self.register_buffer("weight_scale_offset", torch.zeros(1, dtype=torch.float32, device=device))
+        else:
+            self.register_buffer("weight_scale", torch.ones(rows, groups, dtype=dtype, device=device))
         if spec.sym:
             self.weight_zero = None
         else:
@@ -37,9 +49,18 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "QuantLinear":
         out_f, in_f = qw.shape
-        m = cls(in_f, out_f, qw.spec, bias is not None, dtype=qw.scale.dtype, device=qw.codes.device)
+        # Decoded double-quantized scales are float32 whatever the model's dtype: the bias keeps its own.
+        dtype = bias.dtype if qw.spec.double_quant and bias is not None else qw.scale.dtype
+        m = cls(in_f, out_f, qw.spec, bias is not None, dtype=dtype, device=qw.codes.device)
         m.weight_packed.copy_(pack(qw.codes, qw.spec.bits))
-        m.weight_scale.copy_(qw.scale)
+        if qw.spec.double_quant:
+            if qw.scale_dq is None:
+                raise FormatError(f"{qw.spec.label()}: the rounder returned no double-quantized scales")
+            m.weight_scale.copy_(qw.scale_dq.codes)
+            m.weight_scale_scale.copy_(qw.scale_dq.dq_scale)
+            m.weight_scale_offset.copy_(qw.scale_dq.offset)
+        else:
+            m.weight_scale.copy_(qw.scale)
         if qw.zero is not None:
             m.weight_zero.copy_(qw.zero)
         if bias is not None:
@@ -49,12 +70,21 @@ class QuantLinear(nn.Module):
     def codes(self) -> torch.Tensor:
         return unpack(self.weight_packed, self.spec.bits, self.in_features)
 
+    def block_scale(self) -> torch.Tensor:
+        """The scale of every block, ``(rows, n_groups)``, decoded if double-quantized."""
+        if self.spec.double_quant:
+            return decode_scales(self.weight_scale, self.weight_scale_scale, self.weight_scale_offset)
+        return self.weight_scale
+
     def quantized_weight(self) -> QuantizedWeight:
-        return QuantizedWeight(self.codes(), self.weight_scale, self.weight_zero, self.spec)
+        dq = None
+        if self.spec.double_quant:
+            dq = DoubleQuantized(self.weight_scale, self.weight_scale_scale, self.weight_scale_offset)
+        return QuantizedWeight(self.codes(), self.block_scale(), self.weight_zero, self.spec, scale_dq=dq)
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return dequantize(self.codes(), self.weight_scale, self.weight_zero, self.spec,
-                          dtype or self.weight_scale.dtype)
+        scale = self.block_scale()
+        return dequantize(self.codes(), scale, self.weight_zero, self.spec, dtype or scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.run(x, self)

@@ -16,6 +16,7 @@ from ..algorithms.quantized_weight import QuantizedWeight
 from ..algorithms.registry import rounder_for
 from ..errors import LowbitError
 from ..modules import QuantLinear
+from ..modules.factory import quantized_linear
 from ..quantize import linear_weight
 from ..recipes import Recipe
 
@@ -54,11 +55,11 @@ def round_group(modules: dict[str, nn.Module], recipe: Recipe, H: torch.Tensor |
             seconds = (time.perf_counter() - start) / len(chunk)
             parts = split_rows(qw, [w.shape[0] for w in weights]) if len(chunk) > 1 else [qw]
             for n, w, part in zip(chunk, weights, parts):
-                results[n] = _finish(n, w, part, modules[n], spec, H, seconds, chunk)
+                results[n] = _finish(n, w, part, modules[n], spec, H, seconds, chunk, recipe.activations)
     return results
 
 
-def _finish(name, w, qw, module, spec, H, seconds, chunk):
+def _finish(name, w, qw, module, spec, H, seconds, chunk, activations=None):
     deq = qw.dequantize(torch.float32)
     row = {**qw.stats, "name": name, "shape": list(w.shape), "format": spec.label(),
            "weight_mse": (deq - w.float()).pow(2).mean().item(), "seconds": round(seconds, 4)}
@@ -68,5 +69,5 @@ def _finish(name, w, qw, module, spec, H, seconds, chunk):
         row.update(proxy_err=err, proxy_err_rel=err / ref if ref > 0 else 0.0)
     if len(chunk) > 1:
         row["rounded_with"] = [n for n in chunk if n != name]
-    q = QuantLinear.from_quantized(qw, getattr(module, "bias", None))
+    q = quantized_linear(qw, getattr(module, "bias", None), activations)
     return q, row

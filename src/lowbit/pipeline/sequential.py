@@ -10,11 +10,20 @@ Stages: with ``true_sequential`` each input group of the ArchMap (q/k/v, then o,
 then down) is one stage, so o's Hessian is measured on outputs of the already quantized q/k/v,
 and so on; without it, all linears of a block are measured in one pass on the float block.
 
+Transforms (the recipe's steps before its rounder, e.g. AWQ) run on each block before its
+rounding, through the handler registered for their config type (``transforms.py``); the rounder
+then sees the transformed weights, and a calibrated rounder (GPTQ) takes its Hessians from the
+transformed block. A calibration-free rounder after transforms (AWQ + RTN) needs no statistics:
+its linears are rounded directly, and the next block's inputs are the outputs of the float block
+that the last transform's statistics pass computed anyway (folding leaves them unchanged; the
+paper's code feeds the next block the same float outputs), so each block runs once, not twice.
+
 With a ``resume_dir`` every finished block is checkpointed there (``resume.py``); the same call
 after a crash restores the finished blocks and continues with the first unfinished one.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -22,15 +31,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..algorithms.registry import rounder_for
 from ..arch import arch_for, blocks_of, get_module, set_module
 from ..errors import LowbitError
 from ..formats import FormatError
+from ..kernels.dispatch import tuning_paused
 from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
 from .capture import calibration_batches, capture_block_inputs, run_block
 from .hessians import collect_hessians
 from .resume import ResumeDir, fingerprint
 from .rounding import round_group
+from .transforms import BlockContext, block_transform_for
 
 
 @torch.no_grad()
@@ -67,7 +79,9 @@ def quantize_with_calibration(
     if resume_dir is not None:
         options = {"batch_size": batch_size, "true_sequential": true_sequential, "device": device.type}
         resume = ResumeDir(resume_dir, fingerprint(model, recipe.to_dict(), batches, options, source))
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(tuning_paused())
         inputs = capture_block_inputs(model, arch, batches, device, hidden_device)
         first = _restore_finished(resume, blocks, inputs, report, hidden_device)
         wanted: dict[int, list[str]] = {}
@@ -75,13 +89,26 @@ def quantize_with_calibration(
             wanted.setdefault(t.block, []).append(t.path)
         stages = [(g.linears,) for g in arch.groups] if true_sequential \
             else [tuple(g.linears for g in arch.groups)]
+        transforms = recipe.steps[:-1]
+        calibrated_rounder = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
+        # Without a calibrated rounder the last transform's pass over the float block yields the
+        # next block's inputs (see the module docstring).
+        reuse_transform_outputs = bool(transforms) and not calibrated_rounder
         bar = tqdm(range(first, len(blocks)), desc=f"calibrate {recipe.method}", unit="block",
                    total=len(blocks), initial=first, disable=not progress)
         for i in bar:
             block = blocks[i]
             rows_before = len(report.layers)
+            steps_before = len(report.steps)
             block.to(device)
             todo = list(wanted.get(i, ()))
+            next_hidden = None
+            ctx = BlockContext(block, i, arch, inputs, device, recipe, tuple(todo), hidden_device)
+            for k, step in enumerate(transforms):
+                keep = reuse_transform_outputs and k == len(transforms) - 1 and i + 1 < len(blocks)
+                result = block_transform_for(step)(step, ctx, keep)
+                report.steps.extend(result.rows)
+                next_hidden = result.outputs if keep else next_hidden
             for stage in stages:
                 groups = []
                 for linears in stage:
@@ -89,22 +116,28 @@ def quantize_with_calibration(
                     todo = [p for p in todo if p not in group]
                     if group:
                         groups.append(group)
-                if groups:
+                if groups and calibrated_rounder:
                     _quantize_stage(block, i, groups, inputs, recipe, arch, device, report)
-            if i + 1 < len(blocks):
+                elif groups:
+                    _round_stage(block, i, groups, recipe, arch, report)
+            if next_hidden is not None:
+                inputs.hidden = next_hidden
+            elif i + 1 < len(blocks):
                 for b, hidden in enumerate(inputs.hidden):
                     args, kwargs = inputs.call(b, i)
                     out = run_block(block, hidden.to(device), args, kwargs)
                     inputs.hidden[b] = out.to(hidden_device)
             block.to(home)
             if resume is not None:
+                # Transform rows ride along with the layer rows ("step" tells them apart).
                 resume.save_block(i, block, {p: get_module(block, p) for p in wanted.get(i, ())},
-                                  report.layers[rows_before:],
+                                  report.layers[rows_before:] + report.steps[steps_before:],
                                   inputs.hidden if i + 1 < len(blocks) else None)
             done = [r for r in report.layers if "proxy_err_rel" in r and r["name"].startswith(f"{arch.blocks}.{i}.")]
             if done:
                 bar.set_postfix(rel_err=f"{max(r['proxy_err_rel'] for r in done):.2e}")
     finally:
+        stack.close()
         model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 3)
     _record(model, recipe)
@@ -121,10 +154,21 @@ def _restore_finished(resume, blocks, inputs, report, hidden_device) -> int:
         tqdm.write(f"resuming from {resume.path}: {state.finished} of {len(blocks)} blocks done", file=sys.stderr)
     for i in range(state.finished):
         resume.restore_block(i, blocks[i])
-    report.layers.extend(state.rows)
+    report.layers.extend(r for r in state.rows if "step" not in r)
+    report.steps.extend(r for r in state.rows if "step" in r)
     if 0 < state.finished < len(blocks):
         inputs.hidden = resume.load_hidden(state.finished, hidden_device)
     return state.finished
+
+
+def _round_stage(block, i, groups, recipe, arch, report) -> None:
+    """Round the stage's linears with a rounder that needs no statistics (RTN)."""
+    prefix = f"{arch.blocks}.{i}."
+    for paths in groups:
+        modules = {prefix + p: get_module(block, p) for p in paths}
+        for name, (q, row) in round_group(modules, recipe, None, arch.conv1d).items():
+            set_module(block, name[len(prefix):], q)
+            report.layers.append(row)
 
 
 def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from ..algorithms.registry import rounder_for
+from ..algorithms.registry import is_transform, step_for
 from ..errors import InputError
 from ..formats import FormatSpec
+from ..formats.activations import ActivationSpec
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -34,10 +35,25 @@ class Recipe:
     ignore: tuple[str, ...] = ("lm_head",)
     overrides: tuple[tuple[str, FormatSpec], ...] = ()
     name: str = "custom"
+    # None: weight-only. Otherwise inputs are quantized too (W8A8, LLM.int8, FP8), and every
+    # weight format must be the one the activation kind's module runs.
+    activations: ActivationSpec | None = None
 
     def __post_init__(self):
         if not self.steps:
             raise InputError("a recipe needs at least one step")
+        if self.activations is not None:
+            wanted = self.activations.weight_format
+            for spec in (self.format, *(s for _, s in self.overrides)):
+                if spec != wanted:
+                    raise InputError(f"{self.activations.kind} activations run with {wanted.label()} "
+                                     f"weights, not {spec.label()}")
+        methods = [s.to_dict()["method"] for s in self.steps]
+        # Transforms change the float model, the last step picks the integers: a recipe is
+        # transforms, then exactly one rounder.
+        if is_transform(methods[-1]) or any(not is_transform(m) for m in methods[:-1]):
+            raise InputError(f"recipe steps {methods}: transforms (e.g. awq) come first and the "
+                             f"last step, only it, is a rounder (e.g. rtn, gptq)")
 
     @property
     def method(self) -> str:
@@ -50,7 +66,13 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(rounder_for(s.to_dict()["method"]).needs_calibration for s in self.steps)
+        return self.steps_need_calibration or (self.activations is not None
+                                               and self.activations.needs_calibration)
+
+    @property
+    def steps_need_calibration(self) -> bool:
+        """The weights' steps need calibration (static activation scales aside)."""
+        return any(step_for(s.to_dict()["method"]).needs_calibration for s in self.steps)
 
     def is_ignored(self, name: str) -> bool:
         return any(matches(name, p) for p in self.ignore)
@@ -68,6 +90,8 @@ class Recipe:
             "steps": [s.to_dict() for s in self.steps],
             "ignore": list(self.ignore),
             "overrides": [{"pattern": p, "format": s.to_dict()} for p, s in self.overrides],
+            # weight-only recipes (and their checkpoints) read exactly as before
+            **({"activations": self.activations.to_dict()} if self.activations is not None else {}),
         }
 
     @classmethod
@@ -75,10 +99,10 @@ class Recipe:
         """Build from plain data; any unknown field or malformed entry is an :class:`InputError`."""
         if not isinstance(d, dict):
             raise InputError(f"a recipe must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - {"name", "format", "steps", "ignore", "overrides"}
+        unknown = set(d) - {"name", "format", "steps", "ignore", "overrides", "activations"}
         if unknown:
             raise InputError(f"recipe: unknown fields {sorted(unknown)} "
-                             f"(known: format, steps, ignore, overrides, name)")
+                             f"(known: format, steps, ignore, overrides, name, activations)")
         fmt = FormatSpec.from_dict(_mapping(d.get("format", {}), "format"))
         steps = tuple(_step(s, i) for i, s in enumerate(_sequence(d.get("steps", []), "steps")))
         overrides = []
@@ -90,8 +114,10 @@ class Recipe:
             overrides.append((str(o["pattern"]), FormatSpec.from_dict(merged)))
         ignore = d.get("ignore", ("lm_head",))
         ignore = (ignore,) if isinstance(ignore, str) else tuple(_sequence(ignore, "ignore"))
+        acts = d.get("activations")
+        acts = None if acts is None else ActivationSpec.from_dict(_mapping(acts, "activations"))
         return cls(format=fmt, steps=steps, ignore=ignore, overrides=tuple(overrides),
-                   name=str(d.get("name", "custom")))
+                   name=str(d.get("name", "custom")), activations=acts)
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -123,12 +149,12 @@ def _sequence(x, what: str) -> list:
 
 
 def _step(s, i: int):
-    """One step's config, through the rounder registry (no method names checked here)."""
+    """One step's config, through the step registry (no method names checked here)."""
     s = _mapping(s, f"step {i}")
     if "method" not in s:
         raise InputError(f"recipe step {i} has no 'method': {s}")
     try:
-        return rounder_for(s["method"]).config_type.from_dict(s)
+        return step_for(s["method"]).config_type.from_dict(s)
     except InputError:
         raise
     except (ValueError, TypeError) as e:  # step configs of other rounders may raise these

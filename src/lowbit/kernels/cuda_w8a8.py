@@ -1,0 +1,88 @@
+"""CUDA kernels of the W8A8 linears through PyTorch's built-in low-precision GEMMs.
+
+- int8: ``torch._int_mm`` (cuBLASLt, int32 accumulation) needs ``M > 16`` and ``K``, ``N``
+  multiples of 8; small batches are padded with zero rows (decode steps), other shapes take
+  the reference kernel (an exact float64 product: slow, correct).
+- FP8: ``torch._scaled_mm`` with row-wise scales (one per token, one per output row) applies
+  both scales inside the GEMM; it needs compute capability 8.9+ (Ada, Hopper) and ``K``, ``N``
+  multiples of 16 (``M`` is padded to 16). Row-wise scaling writes bfloat16, the dtype models
+  run in on GPUs; other input dtypes get the result cast back.
+Activation quantization and the int8 epilogue run as one Triton kernel each where Triton
+imports (kernels/triton_act_quant.py), else as the PyTorch ops of the CPU path
+(kernels/activations.py); both compute the same codes, so every device feeds the GEMM the same
+integers. Nothing here synchronises with the host (the shape checks read sizes only), so these
+run under CUDA graphs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .activations import fp8_per_token, int8_per_token
+from .dispatch import register_kernel
+from .reference_w8a8 import fp8_linear, scale_output, w8a8_int8_linear
+
+INT_MM_MIN_M = 17
+_TRITON = []  # [the triton_act_quant module or None], filled on first use
+
+
+def _triton():
+    if not _TRITON:
+        try:
+            from . import triton_act_quant
+        except ImportError:
+            triton_act_quant = None
+        _TRITON.append(triton_act_quant)
+    return _TRITON[0]
+
+
+def quantize_input(x2: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None):
+    """Codes and scales of ``x2 (M, K)``, padded with zero rows up to ``rows`` for the GEMM."""
+    t = _triton()
+    if t is not None:
+        return t.quantize_rows(x2, static_scale, fp8, rows)
+    q, scale = (fp8_per_token if fp8 else int8_per_token)(x2, static_scale)
+    return (q, scale) if rows is None else (_pad_rows(q, rows), _pad_rows(scale.contiguous(), rows))
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return t if t.shape[0] >= rows else F.pad(t, (0, 0, 0, rows - t.shape[0]))
+
+
+def int_mm_supports(module) -> bool:
+    return module.in_features % 8 == 0 and module.out_features % 8 == 0
+
+
+@register_kernel("cuda", "w8a8_int8")
+def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
+    if not int_mm_supports(module):
+        return w8a8_int8_linear(x, module)
+    x2 = x.reshape(-1, module.in_features)
+    m = x2.shape[0]
+    q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
+    acc = torch._int_mm(q, module.weight_codes.t())[:m]
+    x_scale = x_scale[:m]
+    t = _triton()
+    y = t.scale_int32(acc, x_scale, module.weight_scale, module.bias, x.dtype) if t is not None \
+        else scale_output(acc, x_scale, module, x.dtype)
+    return y.reshape(*x.shape[:-1], module.out_features)
+
+
+def scaled_mm_supports(module, device: torch.device) -> bool:
+    return (torch.cuda.get_device_capability(device) >= (8, 9)
+            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+
+@register_kernel("cuda", "fp8")
+def fp8_cuda(x: torch.Tensor, module) -> torch.Tensor:
+    if not scaled_mm_supports(module, x.device):
+        return fp8_linear(x, module)
+    x2 = x.reshape(-1, module.in_features)
+    m = x2.shape[0]
+    q, x_scale = quantize_input(x2, module.input_scale, fp8=True, rows=-(-m // 16) * 16)
+    y = torch._scaled_mm(q, module.weight_codes.t(), scale_a=x_scale,
+                         scale_b=module.weight_scale.float().reshape(1, -1),
+                         out_dtype=torch.bfloat16)[:m]
+    if module.bias is not None:
+        y = y + module.bias.to(y.dtype)
+    return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)

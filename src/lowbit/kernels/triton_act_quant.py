@@ -1,0 +1,89 @@
+"""Triton kernels around the W8A8 GEMMs on CUDA: each replaces a chain of PyTorch ops (and their
+passes over memory) by one pass.
+
+- ``quantize_rows``: per-token (or static) activation quantization, int8 or E4M3: one program
+  per row reads it once for the absmax and once to write the codes. The arithmetic is
+  kernels/activations.py's (an IEEE division ``x / scale`` in float32, round half to even, clamp;
+  E4M3 by the saturating round-to-nearest-even conversion), so the codes equal PyTorch's.
+- ``scale_int32``: the int8 GEMM's epilogue, ``acc · s_x · s_wᵀ (+ bias)`` from int32 to the
+  output dtype in one pass (PyTorch takes four: cast, two products, cast).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@triton.jit
+def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
+                   DIVISOR: tl.constexpr, STATIC: tl.constexpr, FP8: tl.constexpr, TINY: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    live = row < M  # rows past M are padding for the GEMM: zero codes
+    offs = tl.arange(0, BLOCK)
+    if STATIC:
+        scale = tl.load(static_ptr).to(tl.float32)
+    else:
+        amax = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=(k0 + offs < K) & live, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        scale = tl.maximum(tl.max(amax, axis=0) / DIVISOR, TINY)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK):
+        mask = k0 + offs < K
+        x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=mask & live, other=0.0).to(tl.float32)
+        y = tl.math.div_rn(x, scale)
+        if FP8:
+            y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+            q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        else:
+            q = tl.minimum(tl.maximum(libdevice.rint(y), -128.0), 127.0).to(tl.int8)
+        tl.store(q_ptr + row * stride_q + k0 + offs, q, mask=mask)
+
+
+def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None):
+    """``x (M, K)`` → codes ``(rows, K)`` (int8 or float8_e4m3fn) and float32 scales ``(rows, 1)``;
+    ``rows >= M`` pads with zero codes for GEMMs that need more rows (no separate padding pass)."""
+    M, K = x.shape
+    rows = max(rows or M, M)
+    x = x if x.stride(1) == 1 else x.contiguous()
+    q = torch.empty(rows, K, device=x.device, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
+    scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    static = static_scale is not None
+    ptr = static_scale.float() if static else scale
+    block = min(4096, triton.next_power_of_2(K))
+    _quantize_rows[(rows,)](x, q, scale, ptr, M, K, x.stride(0), q.stride(0), DIVISOR=448.0 if fp8 else 127.5,
+                         STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    return q, scale
+
+
+@triton.jit
+def _scale_int32(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, stride_acc, stride_out,
+                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    acc = tl.load(acc_ptr + rm[:, None].to(tl.int64) * stride_acc + rn[None, :], mask=mask, other=0).to(tl.float32)
+    sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+    y = acc * sx[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rm[:, None].to(tl.int64) * stride_out + rn[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def scale_int32(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
+    """``acc (M, N)`` int32 times ``x_scale (M, 1)`` and ``w_scale (N, 1)ᵀ``, plus ``bias``, in ``dtype``."""
+    M, N = acc.shape
+    out = torch.empty(M, N, device=acc.device, dtype=dtype)
+    grid = (triton.cdiv(M, 32), triton.cdiv(N, 128))
+    _scale_int32[grid](acc, x_scale.reshape(-1), w_scale.reshape(-1), bias if bias is not None else acc, out,
+                       M, N, acc.stride(0), out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=32, BLOCK_N=128)
+    return out
