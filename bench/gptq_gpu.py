@@ -46,12 +46,16 @@ def build_model(shape: str, blocks: int, seed: int = 0):
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
-    g = torch.Generator().manual_seed(seed)
+    # Random numbers drawn on the GPU where there is one (the CPU's generator is one thread).
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith("norm.weight"):
             p.data.fill_(1.0)
         else:
-            p.data.normal_(0.0, 0.02, generator=g)
+            r = torch.empty(p.shape, dtype=p.dtype, device=dev).normal_(0.0, 0.02, generator=g)
+            p.data.copy_(r)
+            del r
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=cfg)  # its inv_freq buffer was left empty
     model.eval()
@@ -75,7 +79,8 @@ def run_lowbit(args, model, calib) -> dict:
     preset = load_preset("w4a16-gptq")
     recipe = Recipe(FormatSpec(kind="int", bits=4, sym=True, group_size=128), preset.steps,
                     preset.ignore, {}, "w4a16-gptq-g128-sym")
-    phases = {"capture": 0.0, "hessians": 0.0, "rounding": 0.0, "propagate": 0.0}
+    phases = {"capture": 0.0, "checks": 0.0, "moves": 0.0, "hessians": 0.0, "rounding": 0.0,
+              "propagate": 0.0}
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     def timed(name, fn):
@@ -90,6 +95,9 @@ def run_lowbit(args, model, calib) -> dict:
         return wrapper
 
     sequential.capture_block_inputs = timed("capture", sequential.capture_block_inputs)
+    sequential.check_targets = timed("checks", sequential.check_targets)
+    module_to = torch.nn.Module.to
+    torch.nn.Module.to = timed("moves", module_to)
     sequential.collect_hessians = timed("hessians", sequential.collect_hessians)
     sequential.round_group = timed("rounding", sequential.round_group)
     sequential.run_block = timed("propagate", sequential.run_block)
@@ -99,6 +107,7 @@ def run_lowbit(args, model, calib) -> dict:
         true_sequential=args.walk == "true-sequential", offload_hidden=True, progress=False)
     sync()
     seconds = time.perf_counter() - start
+    torch.nn.Module.to = module_to
     # collect_hessians runs its own forwards (counted there); propagate is the output pass only.
     return {"seconds": seconds, "phases_s": {k: round(v, 2) for k, v in phases.items()},
             "layers": len(report.layers)}

@@ -167,3 +167,19 @@ def test_gptq_checkpoint_loads_and_matches_the_model_in_memory(tmp_path, act_ord
     loaded, _ = load(out)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_move_never_hands_a_freed_tensors_copy_to_a_new_tensor_with_its_id():
+    """Regression: capture's ``move`` memo was keyed by ``id`` alone; once a batch's rotary
+    table was freed, the next batch's table could get its id and the old table's moved copy
+    (a shape error on an H100 run, silently wrong arguments when shapes agree)."""
+    from lowbit.pipeline.capture import move
+
+    memo: dict = {}
+    a = torch.randn(2, 3)
+    moved = move((a, {"k": a}), "meta", memo)
+    assert moved[0] is moved[1]["k"] and moved[0].device.type == "meta"  # one copy per tensor
+    assert memo[id(a)][0] is a  # the original is held, so its id cannot be reused
+    b = torch.randn(4, 5)
+    memo[id(b)] = (torch.randn(2, 3), torch.empty(2, 3, device="meta"))  # as if b reused an id
+    assert move(b, "meta", memo).shape == (4, 5)

@@ -179,3 +179,26 @@ def test_static_scale_follows_the_observer():
     assert torch.all(scales["moving_average"] <= scales["minmax"] * (1 + 1e-6))
     assert torch.any(scales["moving_average"] < scales["minmax"] * 0.95)
     assert FP8Linear  # imported for the presets above
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_static_preset_with_an_observer(tmp_path):
+    from click.testing import CliRunner
+
+    from lowbit.cli import main
+    from tiny_checkpoint import write_model_dir
+
+    model_dir = write_model_dir(tmp_path / "tiny-llama")
+    out = tmp_path / "w8a8"
+    fast = ["--seqlen", "64", "--n-samples", "2", "--eval", "builtin:pydoc", "--eval-windows", "2", "--quiet"]
+    r = CliRunner().invoke(main, ["quantize", str(model_dir), "--preset", "w8a8-int8-static", "--observer", "kl",
+                                  "--out", str(out), *fast])
+    assert r.exit_code == 0, r.output
+    assert "activations a8-static" in r.output
+    info = inspect(out)
+    assert info["recipe"]["activations"] == {"kind": "int8", "dynamic": False, "observer": "kl"}
+    assert info["recipe"]["name"] == "w8a8-int8-static-kl"
+    r = CliRunner().invoke(main, ["quantize", str(model_dir), "--preset", "w8a8-int8", "--observer", "kl",
+                                  "--out", str(tmp_path / "bad"), *fast])
+    assert r.exit_code == 2 and "--observer" in r.stderr and not (tmp_path / "bad").exists()

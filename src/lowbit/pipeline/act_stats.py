@@ -22,7 +22,7 @@ from ..arch import arch_for, blocks_of, get_module
 from ..formats.activations import ActivationSpec
 from ..modules.act_linear import ActQuantLinear
 from ..observers import make_observer
-from .capture import BlockInputs, _StopForward, calibration_batches, run_block
+from .capture import BlockInputs, _StopForward, calibration_batches, run_block, to_hidden_device
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def group_input_absmax(block: nn.Module, block_index: int, groups: list[tuple[st
             except _StopForward:
                 continue
             if outputs is not None:
-                outputs.append(out.to(hidden_device or device))
+                outputs.append(to_hidden_device(out, hidden_device or device))
     finally:
         for h in handles:
             h.remove()

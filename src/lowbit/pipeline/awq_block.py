@@ -29,7 +29,7 @@ from ..algorithms.awq_step import AWQConfig
 from ..algorithms.gptq import fp32_highest
 from ..arch import LinearGroup, get_module
 from ..quantize import linear_weight
-from .capture import run_block
+from .capture import run_block, to_hidden_device
 from .folding import channel_tie, fold_scale
 from .hessians import linear_in_features
 from .transforms import BlockContext, TransformResult, register_block_transform
@@ -91,7 +91,7 @@ def collect_input_stats(ctx: BlockContext, groups: list[LinearGroup], loss_token
             args, kwargs = ctx.inputs.call(b, ctx.index)
             out = run_block(block, hidden.to(ctx.device), args, kwargs)
             if outputs is not None:
-                outputs.append(out.to(ctx.hidden_device or ctx.device))
+                outputs.append(to_hidden_device(out, ctx.hidden_device or ctx.device))
     finally:
         for h in handles:
             h.remove()
@@ -110,6 +110,10 @@ def awq_block(step: AWQConfig, ctx: BlockContext, keep_outputs: bool = False) ->
     groups = [g for g in ctx.arch.groups if any(p in ctx.wanted for p in g.linears)]
     stats, outputs = collect_input_stats(ctx, groups, step.loss_tokens, step.seed + ctx.index, keep_outputs)
     rows, scales = [], []
+    # A later group's fold divides an earlier group's linear rows (v's by o's scale, up's by
+    # down's); the clip phase measures those rows' errors times this factor, in the units their
+    # own scale search used, so its losses compare with ``loss_rtn``.
+    row_scale: dict[str, torch.Tensor] = {}
     for g, st in zip(groups, stats):
         start = time.perf_counter()
         linears = [p for p in g.linears if p in ctx.wanted]
@@ -130,6 +134,10 @@ def awq_block(step: AWQConfig, ctx: BlockContext, keep_outputs: bool = False) ->
                                step.grid, step.duo, tie)
         if result.alpha is not None:
             fold_scale(block, g, result.scale, conv1d, tie)
+            if g.feeder_kind == "linear" and g.feeder in ctx.wanted:
+                out_f = linear_weight(get_module(block, g.feeder), conv1d).shape[0]
+                factor = row_scale.setdefault(g.feeder, torch.ones(out_f, device=ctx.device))
+                factor[out_f - result.scale.shape[0]:] *= result.scale
         s_in = expand(result.scale, tie)
         scales.append(s_in if result.alpha is not None else None)
         row.update(alpha=result.alpha, duo=step.duo, loss_rtn=result.loss_rtn, loss_scaled=result.loss,
@@ -138,14 +146,18 @@ def awq_block(step: AWQConfig, ctx: BlockContext, keep_outputs: bool = False) ->
     if step.clip is not None:
         for g, st, s_in, row in zip(groups, stats, scales, rows):
             start = time.perf_counter()
-            _clip_group(step, ctx, g, st.gram(), s_in, row)
+            _clip_group(step, ctx, g, st.gram(), s_in, row, row_scale)
             row["seconds"] = round(row.get("seconds", 0.0) + time.perf_counter() - start, 3)
     return TransformResult(rows, outputs)
 
 
 def _clip_group(step: AWQConfig, ctx: BlockContext, g: LinearGroup, gram: torch.Tensor,
-                s_in: torch.Tensor | None, row: dict) -> None:
-    """Clip every block of the group's (scaled) weights in place; record loss before and after."""
+                s_in: torch.Tensor | None, row: dict, row_scale: dict[str, torch.Tensor]) -> None:
+    """Clip every block of the group's (scaled) weights in place; record loss before and after.
+
+    A row factor (see ``awq_block``) scales a row's whole error, so it cannot change which ratio
+    is best for any block of that row: the search ignores it, the reported losses include it.
+    """
     if s_in is not None:
         gram = gram / (s_in.unsqueeze(1) * s_in.unsqueeze(0))
     linears = [p for p in g.linears if p in ctx.wanted]
@@ -158,8 +170,9 @@ def _clip_group(step: AWQConfig, ctx: BlockContext, g: LinearGroup, gram: torch.
         w.copy_(clipped)
         # Full output error of the rounded weights against the unclipped float ones (the
         # search's own loss ignores the error shared between blocks of a row).
-        before.append(gram_loss(fake_quantize(reference, spec) - reference, gram) * w.shape[0])
-        after.append(gram_loss(fake_quantize(clipped, spec) - reference, gram) * w.shape[0])
+        f = row_scale.get(p, torch.ones(w.shape[0], device=reference.device)).unsqueeze(1)
+        before.append(gram_loss(f * (fake_quantize(reference, spec) - reference), gram) * w.shape[0])
+        after.append(gram_loss(f * (fake_quantize(clipped, spec) - reference), gram) * w.shape[0])
         ratios.append(ratio.flatten())
     rows_total = sum(linear_weight(get_module(ctx.block, p), ctx.arch.conv1d).shape[0] for p in linears)
     row.update(clip_ratio_mean=float(torch.cat(ratios).mean()), loss_unclipped=sum(before) / rows_total,

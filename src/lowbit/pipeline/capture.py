@@ -61,13 +61,16 @@ def calibration_batches(calib, batch_size: int) -> list[torch.Tensor]:
 
 def move(obj, device, memo: dict):
     """``obj`` with every tensor inside (tuples, lists, dicts) on ``device``; a tensor seen twice
-    is moved once (``memo`` maps ``id`` to the moved copy)."""
+    is moved once (``memo`` maps ``id`` to the original and its moved copy)."""
     if isinstance(obj, torch.Tensor):
         if obj.device == torch.device(device):
             return obj
-        if id(obj) not in memo:
-            memo[id(obj)] = obj.to(device)
-        return memo[id(obj)]
+        seen = memo.get(id(obj))
+        # The memo keeps the original alive: once a tensor is freed, Python may give its id to
+        # a new one (the next batch's rotary table), which must not get the old copy.
+        if seen is None or seen[0] is not obj:
+            seen = memo[id(obj)] = (obj, obj.to(device))
+        return seen[1]
     if isinstance(obj, tuple):
         return tuple(move(o, device, memo) for o in obj)
     if isinstance(obj, list):
@@ -93,7 +96,7 @@ def capture_block_inputs(model: nn.Module, arch: ArchMap, batches: list[torch.Te
         def forward(*args, **kwargs):
             h = args[0] if args else kwargs.pop("hidden_states")
             if index == 0:
-                hidden.append(h.to(hidden_device or device or h.device))
+                hidden.append(to_hidden_device(h, hidden_device or device or h.device))
             calls[-1].append(move((tuple(args[1:]), kwargs), device or h.device, memo))
             if index == len(blocks) - 1:
                 raise _StopForward
@@ -119,6 +122,18 @@ def capture_block_inputs(model: nn.Module, arch: ArchMap, batches: list[torch.Te
         for block in blocks:
             block.__dict__.pop("forward", None)
     return BlockInputs(hidden, calls)
+
+
+def to_hidden_device(t: torch.Tensor, hidden_device) -> torch.Tensor:
+    """``t`` on ``hidden_device``; activations offloaded from an accelerator to the CPU go into
+    pinned memory, which copies back and forth about twice as fast as pageable memory (they
+    cross the bus once or twice per block and batch)."""
+    hidden_device = torch.device(hidden_device) if hidden_device is not None else t.device
+    if hidden_device.type == "cpu" and t.is_cuda:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t)
+        return host
+    return t.to(hidden_device)
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -42,7 +42,7 @@ def collect_hessians(block: nn.Module, block_index: int, groups: Iterable[tuple[
             seen.clear()
             args, kwargs = inputs.call(b, block_index)
             try:
-                run_block(block, hidden.to(device), args, kwargs)
+                run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
             except _StopForward:
                 pass
     finally:

@@ -38,7 +38,7 @@ from ..formats import FormatError
 from ..kernels.dispatch import tuning_paused
 from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
-from .capture import calibration_batches, capture_block_inputs, run_block
+from .capture import calibration_batches, capture_block_inputs, run_block, to_hidden_device
 from .hessians import collect_hessians
 from .resume import ResumeDir, fingerprint
 from .rounding import round_group
@@ -125,8 +125,8 @@ def quantize_with_calibration(
             elif i + 1 < len(blocks):
                 for b, hidden in enumerate(inputs.hidden):
                     args, kwargs = inputs.call(b, i)
-                    out = run_block(block, hidden.to(device), args, kwargs)
-                    inputs.hidden[b] = out.to(hidden_device)
+                    out = run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
+                    inputs.hidden[b] = to_hidden_device(out, hidden_device)
             block.to(home)
             if resume is not None:
                 # Transform rows ride along with the layer rows ("step" tells them apart).
