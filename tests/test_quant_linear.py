@@ -112,3 +112,16 @@ def test_group_that_does_not_fit_raises_format_error():
 def test_extra_repr_names_the_format():
     m = QuantLinear(64, 8, FormatSpec(bits=3, sym=True, group_size=32))
     assert "int3 sym g32" in repr(m) and "in_features=64" in repr(m)
+
+
+def test_float16_scales_with_a_bias_run_on_float32_inputs():
+    """Regression: a float16-scale QuantLinear stored its bias in float16 and F.linear refused a
+    float32 input; the output must equal the float32 dequantized product plus the bias."""
+    from lowbit.algorithms.rtn import rtn
+
+    g = torch.Generator().manual_seed(3)
+    w, b, x = torch.randn(6, 32, generator=g), torch.randn(6, generator=g), torch.randn(3, 32, generator=g)
+    spec = FormatSpec(bits=4, sym=False, group_size=16, scale_dtype="float16")
+    q = QuantLinear.from_quantized(rtn(w, spec), bias=b)
+    ref = x.double() @ q.dequantized_weight(torch.float64).t() + q.bias.double()
+    torch.testing.assert_close(q(x).double(), ref, rtol=1e-5, atol=1e-5)
