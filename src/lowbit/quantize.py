@@ -118,7 +118,7 @@ def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool 
     else:
         if pipeline_options and not recipe.needs_calibration:
             raise TypeError(f"options {sorted(pipeline_options)} only apply to calibrated recipes")
-        report = _quantize_each_linear(model, recipe, progress)
+        report = quantize_each_linear(model, recipe, progress)
     if recipe.activations is not None and recipe.activations.needs_calibration:
         # Static input scales, once the weights are final (pipeline/act_stats.py).
         from .pipeline.act_stats import calibrate_input_scales
@@ -129,7 +129,7 @@ def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool 
     return report
 
 
-def _quantize_each_linear(model: nn.Module, recipe: Recipe, progress: bool) -> QuantizationReport:
+def quantize_each_linear(model: nn.Module, recipe: Recipe, progress: bool) -> QuantizationReport:
     """Calibration-free weights: round each target linear once."""
     arch = arch_for(model)
     targets = find_targets(model, recipe, arch)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -83,21 +84,21 @@ def _shared_input_groups(model: nn.Module) -> list[list[tuple[str, ActQuantLinea
 
 
 @torch.no_grad()
-def calibrate_input_scales(model: nn.Module, calib, activations: ActivationSpec, batch_size: int = 8,
-                           progress: bool = True) -> list[dict]:
-    """Set ``input_scale`` of every static W8A8 layer from ``calib`` token ids; one row per layer."""
+def observe_group_inputs(model: nn.Module, calib, new_observer: Callable[[], object], batch_size: int = 8,
+                         progress: bool = True, desc: str = "calibrate inputs"):
+    """Feed every input group's observer (``new_observer()``, one per group) the inputs of that
+    group's static W8A8 layers, one forward per calibration batch; returns ``[(members, observer)]``
+    with ``members = [(name, module)]``. Layers quantize per token meanwhile (module docstring)."""
     groups = _shared_input_groups(model)
+    observers = [new_observer() for _ in groups]
     if not groups:
         return []
-    start = time.perf_counter()
-    target = observer_target(activations)
-    observers = [make_observer(activations.observer, target) for _ in groups]
     layers = [m for g in groups for _, m in g]
+    saved = [m.input_scale for m in layers]
     for m in layers:
-        m.input_scale = None  # per token while calibrating (see the module docstring)
-    handles = []
-    for obs, members in zip(observers, groups):
-        handles.append(members[0][1].register_forward_pre_hook(lambda _m, args, obs=obs: obs.observe(args[0])))
+        m.input_scale = None  # per token while calibrating
+    handles = [members[0][1].register_forward_pre_hook(lambda _m, args, obs=obs: obs.observe(args[0]))
+               for obs, members in zip(observers, groups)]
     head = get_module(model, arch_for(model).head)
 
     def stop(_module, _args):
@@ -108,8 +109,7 @@ def calibrate_input_scales(model: nn.Module, calib, activations: ActivationSpec,
     was_training = model.training
     model.eval()
     try:
-        for ids in tqdm(calibration_batches(calib, batch_size), desc=f"calibrate inputs ({activations.observer})",
-                        unit="batch", disable=not progress):
+        for ids in tqdm(calibration_batches(calib, batch_size), desc=desc, unit="batch", disable=not progress):
             try:
                 model(input_ids=ids.to(device), use_cache=False)
             except _StopForward:
@@ -117,15 +117,34 @@ def calibrate_input_scales(model: nn.Module, calib, activations: ActivationSpec,
     finally:
         for h in handles:
             h.remove()
+        for m, scale in zip(layers, saved):
+            m.input_scale = scale
         model.train(was_training)
+    return list(zip(groups, observers))
+
+
+def set_input_scales(observed, observer_name: str) -> list[dict]:
+    """Give every layer of each group its observer's scale; one report row per layer."""
     rows = []
-    for obs, members in zip(observers, groups):
+    for members, obs in observed:
         scale, _ = obs.qparams()
         lo, hi = obs.range()
         for name, m in members:
             m.set_input_scale(scale)
-            rows.append({"name": name, "input_scale": float(scale), "observer": activations.observer,
+            rows.append({"name": name, "input_scale": float(scale), "observer": observer_name,
                          "input_range": [float(lo), float(hi)]})
+    return rows
+
+
+@torch.no_grad()
+def calibrate_input_scales(model: nn.Module, calib, activations: ActivationSpec, batch_size: int = 8,
+                           progress: bool = True) -> list[dict]:
+    """Set ``input_scale`` of every static W8A8 layer from ``calib`` token ids; one row per layer."""
+    start = time.perf_counter()
+    target = observer_target(activations)
+    observed = observe_group_inputs(model, calib, lambda: make_observer(activations.observer, target),
+                                    batch_size, progress, f"calibrate inputs ({activations.observer})")
+    rows = set_input_scales(observed, activations.observer)
     seconds = time.perf_counter() - start
     for r in rows:
         r["calibration_s"] = round(seconds / len(rows), 4)
