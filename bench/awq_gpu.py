@@ -99,16 +99,15 @@ def run_lowbit(args, model, calib) -> dict:
 
 def run_llmcompressor(args, model, calib) -> dict:
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
+    from oneshot_inputs import oneshot_inputs
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
     weights = QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group", group_size=64)
     scheme = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
-    ds = Dataset.from_dict({"input_ids": calib.tolist(),
-                            "attention_mask": [[1] * calib.shape[1]] * calib.shape[0]})
-    oneshot(model=model, dataset=ds, pipeline="sequential",
+    ds, processor = oneshot_inputs(model, calib)
+    oneshot(model=model, dataset=ds, processor=processor, pipeline="sequential",
             recipe=[AWQModifier(duo_scaling=True, n_grid=20),
                     QuantizationModifier(config_groups=scheme, ignore=["lm_head"])],
             max_seq_length=calib.shape[1], num_calibration_samples=calib.shape[0])

@@ -114,26 +114,11 @@ def run_lowbit(args, model, calib) -> dict:
 
 
 def run_llmcompressor(args, model, calib) -> dict:
-    from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier
+    from oneshot_inputs import oneshot_inputs
 
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    # oneshot insists on a processor when given a dataset; the ids are already tokens, so a
-    # one-word tokenizer satisfies it without a download.
-    processor = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>")
-    # oneshot re-reads the model's config from disk (model.name_or_path) to validate it.
-    import tempfile
-
-    cfg_dir = tempfile.mkdtemp(prefix="gptq-gpu-config-")
-    model.config.save_pretrained(cfg_dir)
-    model.config._name_or_path = cfg_dir
-    model.name_or_path = cfg_dir
-    ds = Dataset.from_dict({"input_ids": calib.tolist(),
-                            "attention_mask": [[1] * calib.shape[1]] * calib.shape[0]})
+    ds, processor = oneshot_inputs(model, calib)
     start = time.perf_counter()
     oneshot(model=model, dataset=ds, processor=processor,
             recipe=[GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])],

@@ -85,8 +85,10 @@ def test_presets_describe_the_issue_formats():
         assert (r.format.kind, r.format.bits, r.format.group_size, r.format.double_quant) == (kind, 4, 64, dq)
         assert r.rounder == RTNConfig(clip=None)
     assert round(load_preset("nf4-dq").format.bits_per_weight(576), 3) == 4.127
-    r = load_preset("nf4-gptq")
-    assert r.format.kind == "nf" and not r.format.double_quant and r.method == "gptq"
+    for name, dq in (("nf4-gptq", False), ("nf4-dq-gptq", True)):
+        r = load_preset(name)
+        assert r.format.kind == "nf" and r.format.double_quant == dq and r.method == "gptq"
+        assert r.rounder.act_order and r.rounder.static_groups  # DQ needs every scale up front
 
 
 # ---------------------------------------------------------------- GPTQ to the levels
@@ -114,28 +116,38 @@ def test_gptq_to_nf4_levels_beats_rtn_on_the_output_error():
     q = gptq(W, H, spec, GPTQParams(act_order=True, static_groups=True))
     err_gptq = output_error(W, q.dequantize(), H)
     err_rtn = output_error(W, rtn(W, spec).dequantize(), H)
-    # Measured: about 0.45 of RTN's error on this draw.
+    # Measured: 0.47 of RTN's error on this draw.
     assert err_gptq < 0.7 * err_rtn, (err_gptq, err_rtn)
     assert q.stats["proxy_err"] == pytest.approx(err_gptq, rel=1e-5)
 
 
-def test_gptq_pipeline_to_nf4_on_a_tiny_model_beats_rtn():
-    base = tiny_models.build("llama")
+def test_gptq_pipeline_to_nf4_dq_on_a_tiny_model_beats_rtn_and_round_trips(tmp_path):
+    """Through the block pipeline, which must round double-quantized linears one matrix at a
+    time (stacked q/k/v would share one set of 8-bit scale codes)."""
+    base = tiny_models.build("qwen2")  # q/k/v biases too
     calib = tiny_models.input_ids(batch=8, seqlen=32, seed=5)
     ref = logits(base, calib)
-    spec = FormatSpec(kind="nf", group_size=32)
     model = copy.deepcopy(base)
-    quantize_model(model, Recipe(format=spec, steps=(GPTQConfig(clip=None),)), calib=calib,
+    quantize_model(model, Recipe(format=NF4_DQ, steps=(GPTQConfig(clip=None),)), calib=calib,
                    progress=False)
-    assert all(m.spec == spec for m in model.modules() if isinstance(m, QuantLinear))
+    assert all(m.spec == NF4_DQ for m in model.modules() if isinstance(m, QuantLinear))
     rtn_model = copy.deepcopy(base)
-    quantize_model(rtn_model, rtn_recipe(spec), progress=False)
+    quantize_model(rtn_model, rtn_recipe(NF4_DQ), progress=False)
 
     def err(m):
         return ((logits(m, calib) - ref).norm() / ref.norm()).item()
+    # Measured: GPTQ 0.21, RTN 0.28 relative logit error here (0.72 of RTN).
     assert err(model) < 0.9 * err(rtn_model), (err(model), err(rtn_model))
+    loaded, _ = load(save(model, None, tmp_path / "ckpt"))
+    assert torch.equal(logits(loaded, calib), logits(model, calib))
 
 
-def test_gptq_refuses_double_quantized_scales():
-    with pytest.raises(InputError, match="double-quantized"):
-        gptq(torch.randn(8, 64), torch.eye(64), NF4_DQ)
+def test_gptq_with_double_quant_rounds_against_the_decoded_scales():
+    g = torch.Generator().manual_seed(14)
+    W = torch.randn(40, 128, generator=g)
+    params = GPTQParams(act_order=True, static_groups=True)
+    q, r = gptq(W, torch.eye(128), NF4_DQ, params), rtn(W, NF4_DQ)
+    assert torch.equal(q.codes, r.codes) and torch.equal(q.scale, r.scale)
+    assert torch.equal(q.scale, q.scale_dq.decode()) and torch.equal(q.scale_dq.codes, r.scale_dq.codes)
+    with pytest.raises(InputError, match="static groups"):
+        gptq(W, torch.eye(128), NF4_DQ, GPTQParams())  # dynamic groups: scales set mid-loop

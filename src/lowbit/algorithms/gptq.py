@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InputError
 from ..formats import FormatSpec, dequantize
+from ..formats.double_quant import double_quantize
 from ..formats.integer import qparams_from_range, scale_dtype, to_blocks
 from .levels import LevelGrid, level_scales
 from .quantized_weight import QuantizedWeight
@@ -183,13 +184,13 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         raise InputError(f"{name}: Hessian shape {tuple(H.shape)} does not match in_features {in_f}")
     if spec.group_size == 0:
         raise InputError(f"{name}: GPTQ needs per-group or per-channel scales, not per-tensor")
-    if spec.double_quant:
-        # The pipeline rounds linears that share an input as one stacked matrix, and the 8-bit
-        # scale codes of double quantization are fitted per matrix (one offset, blocks of 256).
-        raise InputError(f"{name}: GPTQ does not support double-quantized scales ({spec.label()}); "
-                         f"use the format without double_quant")
+    if spec.double_quant and not (spec.group_size < 0 or params.static_groups or params.act_order):
+        # Double quantization fits 8-bit codes to all of a matrix's block scales at once.
+        raise InputError(f"{name}: {spec.label()} needs every block scale before rounding: use "
+                         f"static groups (static_groups or act_order)")
     group = spec.group_size if spec.group_size > 0 else in_f
-    dtype = scale_dtype(spec, W.dtype)
+    # Double-quantized scales decode to float32 whatever the weight's dtype.
+    dtype = torch.float32 if spec.double_quant else scale_dtype(spec, W.dtype)
     with fp32_highest(), _one_thread_on_cpu(W.device):
         W0 = W.detach().float()
         H0 = H.detach().float()
@@ -210,6 +211,10 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
             scale.copy_(s)
             if zero is not None:
                 zero.copy_(z)
+        scale_dq = None
+        if spec.double_quant:  # round the columns against the scales as they will be stored
+            scale_dq = double_quantize(scale)
+            scale.copy_(scale_dq.decode())
         grid = (LevelGrid if spec.is_lookup else _Grid)(scale, zero, spec)
 
         perm = None
@@ -244,7 +249,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         ref = output_error(W0, torch.zeros_like(W0), H0)
     stats = {"proxy_err": err, "proxy_err_rel": err / ref if ref > 0 else 0.0, "damp": damp,
              "dead_inputs": int(dead.sum()), "seconds": round(time.perf_counter() - start, 4)}
-    return QuantizedWeight(codes, scale, zero, spec, stats)
+    return QuantizedWeight(codes, scale, zero, spec, stats, scale_dq=scale_dq)
 
 
 class _Grid:

@@ -27,7 +27,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, DummyLayer, DynamicLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import Cache, DynamicLayer
+
+try:  # per-layer cache kinds arrived in transformers 5.2x; lowbit itself supports any 5.x
+    from transformers.cache_utils import DummyLayer, get_layer_types_and_kwargs
+except ImportError:
+    DummyLayer = get_layer_types_and_kwargs = None
 
 from ..errors import InputError
 from ..formats.integer import dequantize_blocks, qparams_from_range, quantize_blocks
@@ -315,6 +320,11 @@ class QuantizedKVCache(Cache):
         head_dim = getattr(text, "head_dim", None) or _ratio(text, "hidden_size", "num_attention_heads")
         if head_dim:
             spec.group_for(head_dim)  # a group that does not fit fails here, not mid-forward
+        if get_layer_types_and_kwargs is None:
+            import transformers
+
+            raise InputError(f"the quantized KV cache needs a newer transformers than "
+                             f"{transformers.__version__} (one with cache_utils.get_layer_types_and_kwargs)")
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
         layers = []
         for kind, kwargs in zip(layer_types, layer_kwargs):
@@ -430,7 +440,7 @@ def kv_memory(cache: Cache) -> KVMemory:
     fp16_per_token = 0.0
     for layer in cache.layers:
         dims = _layer_dims(layer) if getattr(layer, "is_initialized", False) else None
-        if isinstance(layer, DummyLayer) or dims is None:
+        if (DummyLayer is not None and isinstance(layer, DummyLayer)) or dims is None:
             continue
         b, heads, head_dim = dims
         seen = layer.get_seq_length()

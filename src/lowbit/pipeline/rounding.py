@@ -43,8 +43,9 @@ def round_group(modules: dict[str, nn.Module], recipe: Recipe, H: torch.Tensor |
         by_spec.setdefault(recipe.format_for(name), []).append(name)
     results = {}
     for spec, names in by_spec.items():
-        # Per-tensor scales are shared by all rows, so those linears cannot be stacked.
-        chunks = [names] if spec.group_size != 0 else [[n] for n in names]
+        # Per-tensor scales are shared by all rows, and double-quantized scales are coded per
+        # matrix (one offset, blocks of 256 scales), so those linears cannot be stacked.
+        chunks = [names] if spec.group_size != 0 and not spec.double_quant else [[n] for n in names]
         for chunk in chunks:
             weights = [linear_weight(modules[n], conv1d).detach() for n in chunk]
             start = time.perf_counter()
