@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if not TRITON_PREIMPORTED:  # never flip the mode under modules already compiled-mode
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
