@@ -25,7 +25,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from importlib.metadata import version
@@ -38,24 +37,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "export.json"
 DEFAULT_WORK = Path(os.environ.get("LOWBIT_BENCH_WORK", ROOT / "lowbit-out-bench"))
+sys.path.insert(0, str(HERE))
+from results_file import machine  # noqa: E402
 SEQLEN = 512
 BARS = {"compressed-tensors": 0.001, "gguf": 0.005}
 
 
 def log(msg: str) -> None:
     print(f"[export {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.release()}"
 
 
 def versions() -> dict:

@@ -122,7 +122,7 @@ def header(chunk: int) -> dict:
     import transformers
 
     import lowbit
-    from quality import machine
+    from results_file import machine
 
     versions = {"lowbit": lowbit.__version__, "torch": torch.__version__,
                 "transformers": transformers.__version__}

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ CALIB_WINDOWS = 24  # pydoc-last24
 
 sys.path.insert(0, str(HERE))
 import results_file  # noqa: E402
+from results_file import machine  # noqa: E402
 from fp_copy import save_float_copy  # noqa: E402
 from checkpoints import load_lowbit, load_peer, read_meta, storage  # noqa: E402
 from lowbit_recipes import BY_NAME, LOWBIT_RECIPES, row_setting  # noqa: E402
@@ -116,18 +116,6 @@ def header(lee_windows, calib_windows, peer_versions: dict) -> dict:
                      "compressed-tensors": version("compressed-tensors"), **peer_versions},
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.release()}"
 
 
 # ---------------------------------------------------------------- main

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -189,3 +190,16 @@ def write_markdown(doc: dict, json_path: Path = QUALITY_JSON) -> Path:
     path = Path(json_path).with_suffix(".md")
     _write_atomic(path, render(doc))
     return path
+
+
+def machine() -> str:
+    """The machine line of a results file: CPU model, cores, OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores (shared), {platform.system()} {platform.release()}"

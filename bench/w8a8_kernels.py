@@ -25,13 +25,15 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import graph_us  # noqa: E402  (one CUDA-graph timer for every kernel benchmark)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -67,35 +69,6 @@ def import_lowbit(notes: list) -> None:
 
 
 # ------------------------------------------------------------------ timing
-
-def graph_us(fns: list, est_us: float) -> float:
-    """Median µs per call of one CUDA graph that runs every fn in ``fns`` ``inner`` times."""
-    inner = max(1, min(50, int(3000 / max(est_us * len(fns), 1.0))))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for f in fns:  # warm-up outside the graph (cuBLAS handles, workspaces)
-            f()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            for f in fns:
-                f()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (inner * len(fns)))
-    del graph
-    return statistics.median(times)
-
 
 def rough_us(fn, device) -> float:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
