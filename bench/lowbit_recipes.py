@@ -17,11 +17,12 @@ class BenchRecipe:
     preset: str
     clip: bool | None = None  # None: the preset's own choice
     observer: str | None = None  # static activation recipes: None keeps the preset's observer
+    sym: bool | None = None  # None: the preset's own choice
 
     def recipe(self) -> Recipe:
-        if self.clip is None and self.observer is None:
+        if self.clip is None and self.observer is None and self.sym is None:
             return load_preset(self.preset)
-        r = build_recipe(preset=self.preset, clip=self.clip, observer=self.observer)
+        r = build_recipe(preset=self.preset, clip=self.clip, observer=self.observer, sym=self.sym)
         return Recipe(r.format, r.steps, r.ignore, r.overrides, self.name, r.activations)
 
 
@@ -41,6 +42,13 @@ LOWBIT_RECIPES: list[BenchRecipe] = [
     BenchRecipe("fp4-dq", "fp4-dq"),
     BenchRecipe("nf4-clip", "nf4", clip=True),  # absmax-ratio search per block
     BenchRecipe("nf4-dq-clip", "nf4-dq", clip=True),
+]
+# GPTQ (issue 4): W4 and W3 group 64, asym (the presets) and sym; calibrated on pydoc-128x512.
+LOWBIT_RECIPES += [
+    BenchRecipe("w4a16-gptq", "w4a16-gptq"),
+    BenchRecipe("w3a16-gptq", "w3a16-gptq"),
+    BenchRecipe("w4a16-gptq-sym", "w4a16-gptq", sym=True),
+    BenchRecipe("w3a16-gptq-sym", "w3a16-gptq", sym=True),
 ]
 # AWQ (issue 5): AWQ + RTN, and AWQ + GPTQ at 4 and 3 bits; calibrated on pydoc-128x512.
 LOWBIT_RECIPES += [

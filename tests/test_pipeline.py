@@ -183,3 +183,68 @@ def test_move_never_hands_a_freed_tensors_copy_to_a_new_tensor_with_its_id():
     b = torch.randn(4, 5)
     memo[id(b)] = (torch.randn(2, 3), torch.empty(2, 3, device="meta"))  # as if b reused an id
     assert move(b, "meta", memo).shape == (4, 5)
+
+
+@pytest.mark.parametrize("arch_name", tiny_models.ARCHS)
+def test_replayed_outputs_give_the_same_checkpoint_as_recomputing(arch_name, monkeypatch):
+    # Replay keeps finished parts' outputs (rounded q/k/v, then the whole attention) and returns
+    # them in the block's later passes: the result must be bit-identical to recomputing them.
+    import lowbit.pipeline.replay as replay_mod
+
+    base = tiny_models.build(arch_name)
+    calib = tiny_models.input_ids(6, 16, seed=5)
+    stores = []
+
+    class Recording(replay_mod.ReplayOutputs):
+        def __init__(self, budget):
+            super().__init__(budget)
+            stores.append(self)
+
+    monkeypatch.setattr("lowbit.pipeline.sequential.ReplayOutputs", Recording)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    quantize_model(a, gptq_recipe(), calib=calib, progress=False, batch_size=4, replay_memory=0)
+    quantize_model(b, gptq_recipe(), calib=calib, progress=False, batch_size=4, replay_memory=2**30)
+    assert stores[0].hits == 0 and stores[1].hits > 0 and stores[1].misses == 0
+    modules = dict(b.named_modules())
+    assert not any(type(m).__name__ == "_Replayed" for m in modules.values())
+    for name, m in a.named_modules():
+        if isinstance(m, QuantLinear):
+            other = modules[name]
+            assert torch.equal(m.codes(), other.codes()), name
+            assert torch.equal(m.weight_scale, other.weight_scale), name
+            assert torch.equal(m.weight_zero, other.weight_zero), name
+
+
+def test_replay_keeps_within_its_budget_and_drops_inner_outputs():
+    from lowbit.pipeline.replay import ReplayOutputs
+
+    base = tiny_models.build("llama")
+    block = blocks_of(base, arch_for(base))[0]
+    store = ReplayOutputs(budget=10 ** 9)
+    rounded = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    store.keep(block, rounded, ["self_attn.o_proj", "mlp.down_proj"])
+    assert type(get_module(block, "self_attn.q_proj")).__name__ == "_Replayed"
+    x = torch.randn(2, 8, base.config.hidden_size)
+    q1 = block.self_attn.q_proj(x)
+    assert block.self_attn.q_proj(x) is q1 and store.hits == 1
+    assert store.used == q1.numel() * 4
+    # o rounded too: the whole attention is wrapped; keeping its output drops q's for the batch.
+    store.keep(block, rounded + ["self_attn.o_proj"], ["mlp.down_proj"])
+    assert type(block.self_attn).__name__ == "_Replayed"
+    inner = store._wrapped["self_attn"]
+    pos = base.model.rotary_emb(x, torch.arange(8)[None])
+    out = block.self_attn(hidden_states=x, position_embeddings=pos, attention_mask=None)
+    assert store.used == out[0].numel() * 4
+    # A different input is never answered from the store.
+    x2 = x + 1
+    assert not torch.equal(block.self_attn(hidden_states=x2, position_embeddings=pos, attention_mask=None)[0], out[0])
+    assert store.misses == 1
+    store.release(block)
+    assert block.self_attn is inner and isinstance(block.self_attn.q_proj, torch.nn.Linear)
+    # A budget too small keeps nothing.
+    small = ReplayOutputs(budget=16)
+    small.keep(block, rounded, ["self_attn.o_proj"])
+    block.self_attn.q_proj(x)
+    block.self_attn.q_proj(x)
+    assert small.used == 0 and small.hits == 0
+    small.release(block)

@@ -72,6 +72,14 @@ def awq_modifiers(r: PeerRecipe) -> list:
             QuantizationModifier(config_groups=weight_scheme(r), ignore=["lm_head"])]
 
 
+def gptq_modifiers(r: PeerRecipe) -> list:
+    # llm-compressor's GPTQ with its own defaults (damp 0.01 of the mean diagonal, block 128,
+    # static act-order), the setting of shared/BENCHMARK.md's GPTQ rows.
+    from llmcompressor.modifiers.gptq import GPTQModifier
+
+    return [GPTQModifier(config_groups=weight_scheme(r), ignore=["lm_head"])]
+
+
 PEER_RECIPES: list[PeerRecipe] = [
     PeerRecipe("w4a16-rtn", "rtn", 4, 64, False, rtn_modifiers),
     PeerRecipe("w4a16-rtn-sym", "rtn", 4, 64, True, rtn_modifiers),
@@ -80,6 +88,11 @@ PEER_RECIPES: list[PeerRecipe] = [
     # Fails without an accelerator in 0.14 ("Cannot access accelerator device when none is
     # available"); the attempt and its error are recorded in bench.json, not dropped.
     PeerRecipe("w4a16-awq", "awq+rtn", 4, 64, False, awq_modifiers, needs_calibration=True),
+    # GPTQ (issue 4), W4 and W3 group 64, asym and sym, calibrated on pydoc-128x512.
+    PeerRecipe("w4a16-gptq", "gptq", 4, 64, False, gptq_modifiers, needs_calibration=True),
+    PeerRecipe("w3a16-gptq", "gptq", 3, 64, False, gptq_modifiers, needs_calibration=True),
+    PeerRecipe("w4a16-gptq-sym", "gptq", 4, 64, True, gptq_modifiers, needs_calibration=True),
+    PeerRecipe("w3a16-gptq-sym", "gptq", 3, 64, True, gptq_modifiers, needs_calibration=True),
 ]
 
 

@@ -74,11 +74,41 @@ class HessianAccumulator:
             for r0 in range(0, xt.shape[0], self.CHUNK_ROWS):
                 rows = self.sum_xxt[r0:r0 + self.CHUNK_ROWS]
                 rows.copy_(torch.addmm(rows, xt[r0:r0 + self.CHUNK_ROWS], x, out_dtype=torch.float32))
-        else:
+        elif x.is_cuda or self.sum_xxt.shape[0] < 2 * self.TRIANGLE_BLOCK:
             with fp32_highest():
                 xf = x.float()
                 self.sum_xxt.addmm_(xf.t(), xf)
+        else:
+            self._add_upper_blocks(x.float())
         self.n += x.shape[0]
+
+    # On a CPU the Hessian update is as costly as the block's forward (a 1536-wide input: 2.4M
+    # multiply-adds per token against the block's 3.5M), and compute-bound. xᵀx is symmetric, so
+    # only the blocks on and above the diagonal are multiplied (with 4 blocks, 10 of 16) and the
+    # lower ones are mirrored once, in hessian(). Measured on the 2-core CPU, 8192 tokens, float32:
+    # 1536 wide 218 ms for the full product, 130 ms in blocks of 256 (576 wide: 34 vs 23 ms).
+    TRIANGLE_BLOCK = 256
+
+    def _add_upper_blocks(self, xf: torch.Tensor) -> None:
+        n = xf.shape[1]
+        edges = list(range(0, n, self.TRIANGLE_BLOCK)) + [n]
+        if edges[-1] - edges[-2] < self.TRIANGLE_BLOCK // 2:
+            edges.pop(-2)  # no thin last block: fold it into the one before
+        xt = xf.t()
+        for a, b in zip(edges[:-1], edges[1:]):
+            # Rows a:b against every column from a on: one GEMM per block row, (b-a) x (n-a).
+            self.sum_xxt[a:b, a:].addmm_(xt[a:b], xf[:, a:])
+        self._edges = edges
+
+    _edges: list[int] | None = None
+
+    def _mirror_upper(self) -> None:
+        """Copy the blocks above the diagonal to below it, in place (no second (in, in) matrix)."""
+        if self._edges is None:
+            return
+        for a, b in zip(self._edges[:-1], self._edges[1:]):
+            self.sum_xxt[b:, a:b].copy_(self.sum_xxt[a:b, b:].t())
+        self._edges = None
 
     def hessian(self) -> torch.Tensor:
         """The Hessian, made in place from the running sum: call it once, after the last batch
@@ -87,6 +117,7 @@ class HessianAccumulator:
             raise InputError("no calibration inputs reached this layer: its Hessian is empty")
         if self.sum_xxt is None:
             raise RuntimeError("HessianAccumulator.hessian() was already taken")
+        self._mirror_upper()
         H, self.sum_xxt = self.sum_xxt.mul_(2.0 / self.n), None
         return H
 

@@ -6,7 +6,7 @@ input for the batch: what comes after those linears is not needed for their stat
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -22,8 +22,10 @@ def linear_in_features(module: nn.Module, conv1d: bool) -> int:
 
 @torch.no_grad()
 def collect_hessians(block: nn.Module, block_index: int, groups: Iterable[tuple[str, ...]],
-                     inputs: BlockInputs, device, conv1d: bool = False) -> list[HessianAccumulator]:
-    """One accumulator per group of block-relative linear paths (those sharing an input)."""
+                     inputs: BlockInputs, device, conv1d: bool = False,
+                     on_batch: Callable[[int], None] | None = None) -> list[HessianAccumulator]:
+    """One accumulator per group of block-relative linear paths (those sharing an input);
+    ``on_batch(b)`` is called before batch ``b`` runs (the replay store needs to know)."""
     groups = list(groups)
     accs, handles, seen = [], [], set()
     for k, paths in enumerate(groups):
@@ -40,6 +42,8 @@ def collect_hessians(block: nn.Module, block_index: int, groups: Iterable[tuple[
     try:
         for b, hidden in enumerate(inputs.hidden):
             seen.clear()
+            if on_batch is not None:
+                on_batch(b)
             args, kwargs = inputs.call(b, block_index)
             try:
                 run_block(block, hidden.to(device, non_blocking=True), args, kwargs)

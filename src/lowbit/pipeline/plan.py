@@ -36,6 +36,7 @@ from ..arch import arch_for, blocks_of, get_module
 from ..formats import FormatSpec, packed_width
 from ..quantize import find_targets
 from ..recipes import Recipe
+from .replay import default_replay_memory, replay_bytes
 
 GIB = 1024 ** 3
 # Small operations GPTQ's column loop issues per column (round, clamp, dequantize, error, rank-1
@@ -133,13 +134,14 @@ def stages_of(arch, true_sequential: bool) -> list[tuple[tuple[str, ...], ...]]:
 def plan_quantization(
     model: nn.Module, recipe: Recipe, windows: int, seqlen: int, *, device=None, batch_size: int = 16,
     true_sequential: bool = True, offload_hidden: bool = False, resume: bool = False,
-    keep_reference: bool = False, measure: bool = True,
+    keep_reference: bool = False, measure: bool = True, replay_memory: int | None = None,
 ) -> Plan:
     """Peak memory and time of ``quantize_with_calibration`` with ``windows`` calibration windows
     of ``seqlen`` tokens (for a recipe without calibration: of ``quantize_model``'s one pass). ``resume``: the run checkpoints each block (its hidden states are
     serialized through one host copy); ``keep_reference``: the caller keeps a float copy of the
     model (the CLI does, to evaluate before/after); ``measure``: time a matmul and a small op on
-    the device (a fraction of a second) so the plan has an estimated time."""
+    the device (a fraction of a second) so the plan has an estimated time; ``replay_memory``:
+    as ``quantize_with_calibration``'s."""
     arch = arch_for(model)
     blocks = blocks_of(model, arch)
     home = next(model.parameters()).device
@@ -171,6 +173,10 @@ def plan_quantization(
                                     recipe.format_for(t.name), scale_bytes) for t in targets)
     phase = {"forward": 0, "statistics": 0, "rounding": 0}
     flops, rounding_flops, small_ops, elementwise = 0.0, 0.0, 0, 0.0
+    if replay_memory is None:
+        replay_memory = default_replay_memory(device)
+    replay_budget = replay_memory if true_sequential else 0
+    replay_held = 0
     for i, block in enumerate(blocks):
         groups = [tuple(p for p in g.linears if get_module(block, p) is not None) for g in arch.groups]
         outs = {p: _shape(get_module(block, p), arch.conv1d)[0] for g in groups for p in g}
@@ -180,6 +186,11 @@ def plan_quantization(
         phase["forward"] = max(phase["forward"], live + scores + batch_tokens * d * e)
         heads = sum(outs[p] for p in groups[0]) if groups and groups[0] else d
         attention_flops = 2 * seqlen * heads  # causal QKᵀ and AV per token, about half of 4·seq·width
+        block_stages = [[p for g in stage for p in g if (i, p) in wanted] for stage in stages_of(arch, true_sequential)]
+        block_stages = [st for st in block_stages if st]
+        need = replay_bytes(block_stages, outs, d, tokens, e) if replay_budget and len(block_stages) > 1 else 0
+        replays = 0 < need <= replay_budget
+        replay_held = max(replay_held, min(need, replay_budget))
         for stage in stages_of(arch, true_sequential):
             stage_groups = [tuple(p for p in g if (i, p) in wanted) for g in stage]
             stage_groups = [g for g in stage_groups if g]
@@ -201,14 +212,19 @@ def plan_quantization(
             # The statistics pass runs the block only up to the inputs of this stage's linears.
             first = min(_group_index(groups, g[0]) for g in stage_groups)
             before = [p for grp in groups[:first] for p in grp]
-            flops += tokens * (sum(2 * outs[p] * ins[p] for p in before) + (attention_flops if before else 0))
-        if i + 1 < len(blocks):  # the output pass
+            if not replays:
+                flops += tokens * (sum(2 * outs[p] * ins[p] for p in before) + (attention_flops if before else 0))
+        if replays:
+            # Replayed (replay.py): every linear runs once after it is rounded, the attention
+            # twice (up to o, then whole once o is rounded).
+            flops += tokens * (sum(2 * outs[p] * ins[p] for p in outs) + 2 * attention_flops)
+        elif i + 1 < len(blocks):  # the output pass
             flops += tokens * (sum(2 * outs[p] * ins[p] for p in outs) + attention_flops)
 
     peak_phase = max(phase.values())
     block_bytes = max(_module_bytes(b) for b in blocks)
     on_device = {"calibration activations": hidden if not offload_hidden else batch_tokens * d * e,
-                 "block arguments": args, "working set": peak_phase}
+                 "block arguments": args, "working set": peak_phase, "replayed outputs": replay_held}
     host = {"model": _module_bytes(model), "quantized layers": quantized}
     if keep_reference:
         host["float reference"] = _module_bytes(model)

@@ -18,6 +18,11 @@ its linears are rounded directly, and the next block's inputs are the outputs of
 that the last transform's statistics pass computed anyway (folding leaves them unchanged; the
 paper's code feeds the next block the same float outputs), so each block runs once, not twice.
 
+A true-sequential walk keeps the outputs of the block's finished parts per batch (rounded q/k/v,
+then the whole attention) and replays them in the block's later passes (``replay.py``), within
+a memory budget, instead of recomputing them once per later stage. On a CPU the calibration also keeps
+freed activation memory for reuse (``host_allocator.py``).
+
 With a ``resume_dir`` every finished block is checkpointed there (``resume.py``); the same call
 after a crash restores the finished blocks and continues with the first unfinished one.
 """
@@ -40,6 +45,8 @@ from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
 from .capture import calibration_batches, capture_block_inputs, run_block, to_hidden_device
 from .hessians import collect_hessians
+from .host_allocator import reuse_freed_host_memory
+from .replay import ReplayOutputs, default_replay_memory
 from .resume import ResumeDir, fingerprint
 from .rounding import round_group
 from .transforms import BlockContext, block_transform_for
@@ -49,7 +56,7 @@ from .transforms import BlockContext, block_transform_for
 def quantize_with_calibration(
     model: nn.Module, recipe: Recipe, calib, *, device=None, batch_size: int = 16,
     true_sequential: bool = True, offload_hidden: bool = False, progress: bool = True,
-    resume_dir=None, source: str | None = None,
+    resume_dir=None, source: str | None = None, replay_memory: int | None = None,
 ) -> QuantizationReport:
     """Quantize ``model`` in place, block by block, with calibration token ids ``calib``
     (``(n, seq)`` or a list of 1-D tensors).
@@ -59,7 +66,8 @@ def quantize_with_calibration(
     the CPU between blocks (for accelerators too small to hold them); ``resume_dir``: checkpoint
     every finished block there and resume from it when it holds this same run (``source``, the
     model's name, joins the fingerprint that decides "same run"). The caller removes the
-    directory once the result is saved (``remove_resume_dir``).
+    directory once the result is saved (``remove_resume_dir``). ``replay_memory``: bytes the
+    true-sequential walk may spend on replayed outputs (None: ``default_replay_memory``).
     """
     arch = arch_for(model)
     targets = find_targets(model, recipe, arch)
@@ -82,6 +90,7 @@ def quantize_with_calibration(
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(tuning_paused())
+        stack.enter_context(reuse_freed_host_memory(device.type == "cpu"))
         inputs = capture_block_inputs(model, arch, batches, device, hidden_device)
         first = _restore_finished(resume, blocks, inputs, report, hidden_device)
         wanted: dict[int, list[str]] = {}
@@ -94,6 +103,9 @@ def quantize_with_calibration(
         # Without a calibrated rounder the last transform's pass over the float block yields the
         # next block's inputs (see the module docstring).
         reuse_transform_outputs = bool(transforms) and not calibrated_rounder
+        if replay_memory is None:
+            replay_memory = default_replay_memory(device)
+        replay = ReplayOutputs(replay_memory if true_sequential and calibrated_rounder else 0)
         bar = tqdm(range(first, len(blocks)), desc=f"calibrate {recipe.method}", unit="block",
                    total=len(blocks), initial=first, disable=not progress)
         for i in bar:
@@ -109,24 +121,31 @@ def quantize_with_calibration(
                 result = block_transform_for(step)(step, ctx, keep)
                 report.steps.extend(result.rows)
                 next_hidden = result.outputs if keep else next_hidden
-            for stage in stages:
-                groups = []
-                for linears in stage:
-                    group = tuple(p for p in linears if p in todo)
-                    todo = [p for p in todo if p not in group]
-                    if group:
-                        groups.append(group)
-                if groups and calibrated_rounder:
-                    _quantize_stage(block, i, groups, inputs, recipe, arch, device, report)
-                elif groups:
-                    _round_stage(block, i, groups, recipe, arch, report)
-            if next_hidden is not None:
-                inputs.hidden = next_hidden
-            elif i + 1 < len(blocks):
-                for b, hidden in enumerate(inputs.hidden):
-                    args, kwargs = inputs.call(b, i)
-                    out = run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
-                    inputs.hidden[b] = to_hidden_device(out, hidden_device)
+            try:
+                for k, stage in enumerate(stages):
+                    groups = []
+                    for linears in stage:
+                        group = tuple(p for p in linears if p in todo)
+                        todo = [p for p in todo if p not in group]
+                        if group:
+                            groups.append(group)
+                    if groups and calibrated_rounder:
+                        _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay)
+                        if k + 1 < len(stages):  # the last stage's outputs are computed once anyway
+                            done = [p for p in wanted.get(i, ()) if p not in todo]
+                            replay.keep(block, done, todo)
+                    elif groups:
+                        _round_stage(block, i, groups, recipe, arch, report)
+                if next_hidden is not None:
+                    inputs.hidden = next_hidden
+                elif i + 1 < len(blocks):
+                    for b, hidden in enumerate(inputs.hidden):
+                        args, kwargs = inputs.call(b, i)
+                        replay.batch = b
+                        out = run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
+                        inputs.hidden[b] = to_hidden_device(out, hidden_device)
+            finally:
+                replay.release(block)
             block.to(home)
             if resume is not None:
                 # Transform rows ride along with the layer rows ("step" tells them apart).
@@ -171,8 +190,8 @@ def _round_stage(block, i, groups, recipe, arch, report) -> None:
             report.layers.append(row)
 
 
-def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report) -> None:
-    accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d)
+def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay) -> None:
+    accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d, on_batch=replay.set_batch)
     prefix = f"{arch.blocks}.{i}."
     for paths, acc in zip(groups, accs):
         modules = {prefix + p: get_module(block, p) for p in paths}
