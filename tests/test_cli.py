@@ -159,6 +159,20 @@ def test_dry_run_writes_nothing(model_dir, tmp_path):
     assert not out.exists()
 
 
+def test_calibration_memory_options_reach_the_plan(model_dir, tmp_path):
+    out = tmp_path / "out"
+    base = ["quantize", str(model_dir), "--method", "gptq", "--group-size", "32", "--n-samples", "8",
+            "--seqlen", "32", "--calib-batch", "2", "--out", str(out), "--dry-run"]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 0, r.output
+    assert "batches of 2" in r.output and "replayed outputs" in r.output
+    r = CliRunner().invoke(main, base + ["--replay-memory", "0"])
+    assert r.exit_code == 0, r.output
+    assert "replayed outputs" not in r.output
+    r = CliRunner().invoke(main, base + ["--calib-batch", "0"])
+    assert r.exit_code != 0 and "--calib-batch" in r.output and not out.exists()
+
+
 def test_console_script_help():
     exe = Path(sys.executable).parent / "lowbit"
     r = subprocess.run([str(exe), "quantize", "--help"], capture_output=True, text=True, timeout=60)

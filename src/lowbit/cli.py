@@ -72,6 +72,12 @@ def _slug(source: str) -> str:
               help="Calibration text for methods that need it: builtin:pydoc, a .txt/.jsonl file, hf:wikitext2, ...")
 @click.option("--n-samples", default=128, show_default=True, help="Calibration windows.")
 @click.option("--seqlen", default=512, show_default=True, help="Tokens per calibration/evaluation window.")
+@click.option("--calib-batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Calibration windows per block forward; fewer use less memory (same result up to "
+                   "float summation order).")
+@click.option("--replay-memory", type=click.FloatRange(min=0), default=None,
+              help="GiB a true-sequential GPTQ walk may keep of a block's finished outputs to skip "
+                   "recomputing them (same result, faster) [default: 0.5 on a CPU, 0 on a GPU].")
 @click.option("--out", type=click.Path(), help="Output directory [default: ./lowbit-out/<model>-<recipe>].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -87,7 +93,7 @@ def _slug(source: str) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the plan (peak memory, estimated time) and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, observer, calib, n_samples,
-             seqlen, out, overwrite, fmt, eval_text, eval_windows, resume_dir, dry_run, quiet):
+             seqlen, calib_batch, replay_memory, out, overwrite, fmt, eval_text, eval_windows, resume_dir, dry_run, quiet):
     """Quantize MODEL (a Hugging Face id, a local directory, a .gguf file or builtin:smollm2-135m,
     the default) and save it; evaluate before/after unless --eval none."""
     from .io import check_output_dir, save
@@ -112,8 +118,10 @@ def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, ob
         calib_ids = calibration_windows(tokenizer, load_text(calib), n_samples, seqlen)
     from .pipeline.plan import plan_quantization
     n_calib, calib_len = (len(calib_ids), calib_ids[0].numel()) if calib_ids is not None else (0, seqlen)
+    replay_bytes = None if replay_memory is None else int(replay_memory * 2 ** 30)
     plan = plan_quantization(float_model, recipe, n_calib, calib_len, resume=calib_ids is not None,
-                             keep_reference=eval_text != "none")
+                             keep_reference=eval_text != "none", batch_size=calib_batch,
+                             replay_memory=replay_bytes)
     click.echo("\n".join(plan.lines()))
     from .io.deploy import layers_of_plan, planned_format
     planned = layers_of_plan(float_model, recipe)
@@ -132,7 +140,8 @@ def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, ob
         # A killed run leaves its finished blocks here; the same command picks them up again.
         resume_dir = Path(resume_dir or out.with_name(out.name + ".partial"))
         report = quantize_model(qmodel, recipe, calib=calib_ids, progress=progress,
-                                resume_dir=resume_dir, source=model)
+                                resume_dir=resume_dir, source=model, batch_size=calib_batch,
+                                replay_memory=replay_bytes)
     else:
         report = quantize_model(qmodel, recipe, progress=progress)
     quant_s = time.perf_counter() - start

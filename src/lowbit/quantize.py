@@ -105,7 +105,7 @@ def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool 
 
     Recipes whose steps need calibration (GPTQ, AWQ, SmoothQuant) take ``calib``, token ids
     ``(n, seq)``, and go through ``lowbit.pipeline.quantize_with_calibration``
-    (``pipeline_options``: device, batch_size, true_sequential, offload_hidden); recipes with
+    (``pipeline_options``: device, batch_size, true_sequential, offload_hidden, replay_memory); recipes with
     static activation scales take ``calib`` too, for ``pipeline.act_stats.calibrate_input_scales``
     after the weights; the others ignore ``calib``.
     """
