@@ -217,3 +217,19 @@ def test_inspect_reports_layers_and_bits(model, tmp_path, fmt):
     assert bpw < info["model_bits_per_weight"] < 32  # embeddings and lm_head stay float32
     assert info["recipe"]["format"]["bits"] == 4
     assert info["quantized_weights"] == sum(r["shape"][0] * r["shape"][1] for r in info["layers"])
+
+
+def test_another_tools_recipe_with_python_tags_is_read_as_plain_values(tmp_path):
+    # llm-compressor writes its enums as python/object tags; reading them must neither fail nor
+    # build Python objects (a safe loader with every unknown tag read as the plain value under it).
+    from lowbit.io.checkpoint import _recipe_yaml
+    from lowbit.io.files import CheckpointError
+
+    (tmp_path / "recipe.yaml").write_text(
+        "stage:\n  GPTQModifier:\n    actorder: !!python/object/apply:os.system [\n      static]\n"
+        "    dampening_frac: 0.01\n    other: !custom {a: 1}\n")
+    data = _recipe_yaml(tmp_path)
+    assert data == {"stage": {"GPTQModifier": {"actorder": "static", "dampening_frac": 0.01, "other": {"a": 1}}}}
+    (tmp_path / "recipe.yaml").write_text("a: [unclosed\n")
+    with pytest.raises(CheckpointError, match="not valid YAML"):
+        _recipe_yaml(tmp_path)

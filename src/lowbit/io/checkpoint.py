@@ -204,14 +204,42 @@ def _load_translated(p: Path, config, device):
     return model.to(device) if torch.device(device).type != "cpu" else model
 
 
+_TolerantLoader = None
+
+
+def _tolerant_loader():
+    """A safe YAML loader that reads tags it does not know (llm-compressor writes its enums as
+    ``!!python/object/apply:...ActivationOrdering``) as the plain value under them, never as
+    Python objects: another tool's recipe is only informative here."""
+    import yaml
+
+    class TolerantLoader(yaml.SafeLoader):
+        pass
+
+    def plain(loader, suffix, node):
+        if isinstance(node, yaml.ScalarNode):
+            return loader.construct_scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            items = loader.construct_sequence(node, deep=True)
+            return items[0] if len(items) == 1 else items
+        return loader.construct_mapping(node, deep=True)
+
+    TolerantLoader.add_multi_constructor("", plain)
+    return TolerantLoader
+
+
 def _recipe_yaml(p: Path) -> dict | None:
     import yaml
+
+    global _TolerantLoader
+    if _TolerantLoader is None:
+        _TolerantLoader = _tolerant_loader()
 
     f = p / RECIPE_NAME
     if not f.is_file():
         return None
     try:
-        data = yaml.safe_load(f.read_text())
+        data = yaml.load(f.read_text(), Loader=_TolerantLoader)
     except yaml.YAMLError as e:
         raise CheckpointError(f"{f}: not valid YAML ({e})") from None
     return data if isinstance(data, dict) else None
