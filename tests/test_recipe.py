@@ -176,3 +176,12 @@ def test_override_format_inherits_unset_fields_from_the_default():
                           "overrides": [{"pattern": "mlp.down_proj", "format": {"bits": 8}}]})
     assert r.format_for("model.layers.0.mlp.down_proj") == FormatSpec(bits=8, sym=True, group_size=32)
     assert Recipe.from_dict(r.to_dict()) == r
+
+
+def test_no_preset_file_or_method_means_gptq_w4_g64():
+    from lowbit.recipes.build import build_recipe
+
+    assert build_recipe() == load_preset("w4a16-gptq")
+    assert build_recipe(bits=3).format == FormatSpec(bits=3, sym=False, group_size=64)
+    assert build_recipe(bits=3).method == "gptq"
+    assert build_recipe(method="rtn") == load_preset("w4a16-rtn")

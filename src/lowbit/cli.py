@@ -59,7 +59,7 @@ def _slug(source: str) -> str:
 @click.argument("model", required=False, default=None)
 @click.option("--preset", help="Named recipe (see `lowbit presets`), e.g. w4a16-rtn, w3a16-rtn, w8a16-rtn.")
 @click.option("--recipe", "recipe_file", type=click.Path(), help="Recipe YAML file.")
-@click.option("--method", help="rtn (default), gptq, awq (AWQ + RTN) or awq-gptq (AWQ, then GPTQ); "
+@click.option("--method", help="gptq (default), rtn, awq (AWQ + RTN) or awq-gptq (AWQ, then GPTQ); "
               "steps joined by '-', calibrated ones on --calib.")
 @click.option("--bits", type=int, help="Weight bits: 2, 3, 4 or 8.")
 @click.option("--group-size", type=int, help="Group size along the input dim; -1 per-channel, 0 per-tensor.")

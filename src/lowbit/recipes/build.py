@@ -11,6 +11,9 @@ from .presets import load_preset, preset_names
 from .recipe import Recipe
 
 
+DEFAULT_METHOD = "gptq"
+
+
 def build_recipe(
     preset: str | None = None, recipe_file: str | None = None, method: str | None = None,
     bits: int | None = None, group_size: int | None = None, sym: bool | None = None,
@@ -29,7 +32,10 @@ def build_recipe(
         elif preset:
             base = load_preset(preset)
         else:
-            base = load_preset(f"w4a16-{method or 'rtn'}") if f"w4a16-{method or 'rtn'}" in preset_names() \
+            # No preset, file or method: GPTQ W4 g64 (issue 4; it beats RTN on lee-512, see
+            # docs/GPTQ-DOMAIN.md), calibrated on --calib.
+            method = method or DEFAULT_METHOD
+            base = load_preset(f"w4a16-{method}") if f"w4a16-{method}" in preset_names() \
                 else Recipe(FormatSpec(), _steps_for(method), name=method)
         if method and [s.to_dict()["method"] for s in base.steps] != _step_methods(method):
             base = Recipe(base.format, _steps_for(method), base.ignore, base.overrides,
