@@ -10,6 +10,8 @@ writes and reads (GPTQ, AWQ, GGUF) are dispatched through :mod:`lowbit.io.export
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -204,9 +206,7 @@ def _load_translated(p: Path, config, device):
     return model.to(device) if torch.device(device).type != "cpu" else model
 
 
-_TolerantLoader = None
-
-
+@functools.cache
 def _tolerant_loader():
     """A safe YAML loader that reads tags it does not know (llm-compressor writes its enums as
     ``!!python/object/apply:...ActivationOrdering``) as the plain value under them, never as
@@ -231,15 +231,11 @@ def _tolerant_loader():
 def _recipe_yaml(p: Path) -> dict | None:
     import yaml
 
-    global _TolerantLoader
-    if _TolerantLoader is None:
-        _TolerantLoader = _tolerant_loader()
-
     f = p / RECIPE_NAME
     if not f.is_file():
         return None
     try:
-        data = yaml.load(f.read_text(), Loader=_TolerantLoader)
+        data = yaml.load(f.read_text(), Loader=_tolerant_loader())
     except yaml.YAMLError as e:
         raise CheckpointError(f"{f}: not valid YAML ({e})") from None
     return data if isinstance(data, dict) else None

@@ -141,7 +141,7 @@ def quantize_with_calibration(
                 elif i + 1 < len(blocks):
                     for b, hidden in enumerate(inputs.hidden):
                         args, kwargs = inputs.call(b, i)
-                        replay.batch = b
+                        replay.set_batch(b)
                         out = run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
                         inputs.hidden[b] = to_hidden_device(out, hidden_device)
             finally:
