@@ -51,13 +51,19 @@ def versions() -> dict:
     return {name: version(name) for name in ("lowbit", "torch", "transformers", "compressed-tensors", "gguf")}
 
 
-def quantized(float_model, recipe):
+def quantized(float_model, recipe, tokenizer):
     import copy
 
     from lowbit.quantize import quantize_model
 
+    calib = None
+    if recipe.needs_calibration:
+        # BENCHMARK.md's calibration protocol (pydoc-128x512), as bench/lowbit_quantize.py uses it.
+        from lowbit.data.text import load_text
+        from lowbit.data.windows import calibration_windows
+        calib = calibration_windows(tokenizer, load_text("builtin:pydoc"), 128, 512)
     model = copy.deepcopy(float_model)
-    quantize_model(model, recipe, progress=False)
+    quantize_model(model, recipe, calib=calib, progress=False)
     return model
 
 
@@ -166,7 +172,7 @@ def main(argv=None) -> None:
     else:
         recipe = build_recipe(preset=None if a.recipe else a.preset, recipe_file=str(a.recipe) if a.recipe else None)
         log(f"quantize {recipe.name}")
-        own = quantized(float_model, recipe)
+        own = quantized(float_model, recipe, tokenizer)
         label = f"{recipe.name} ({recipe.format.label()})"
     ct_dir = save(own, tokenizer, work / "compressed-tensors", format="compressed-tensors", overwrite=True)
     rows.append(check_pair("compressed-tensors", own, ct_dir, reload_ct, windows, text, text_ids,
@@ -178,7 +184,7 @@ def main(argv=None) -> None:
     for bits, qtype in ((4, "Q4_0"), (8, "Q8_0")):
         recipe = gguf_recipe(bits)
         log(f"quantize {recipe.name}")
-        own = quantized(float_model, recipe)
+        own = quantized(float_model, recipe, tokenizer)
         if source.kind == "gguf":
             own.lowbit_gguf_source = source.path  # the tokenizer fields are copied from the source file
         gguf_dir = save(own, tokenizer, work / f"gguf-{qtype}", format="gguf", overwrite=True)

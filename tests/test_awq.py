@@ -47,7 +47,12 @@ def token_loss(x: torch.Tensor, w: torch.Tensor):
     return lambda w_hat: float(((x @ (w_hat.double() - w).t()) ** 2).mean())
 
 
-@pytest.mark.parametrize("spec", [W4, FormatSpec(bits=3, sym=True, group_size=-1), FormatSpec(bits=4, group_size=0)])
+NF4 = FormatSpec(kind="nf", bits=4, group_size=32)
+NF4_DQ = FormatSpec(kind="nf", bits=4, group_size=32, double_quant=True)
+
+
+@pytest.mark.parametrize("spec", [W4, FormatSpec(bits=3, sym=True, group_size=-1), FormatSpec(bits=4, group_size=0),
+                                  NF4, NF4_DQ, FormatSpec(kind="fp", bits=4, group_size=32)])
 def test_fake_quantize_is_rtn_without_clipping(spec):
     w = torch.randn(37, 96, generator=torch.Generator().manual_seed(3))
     assert torch.equal(fake_quantize(w, spec), rtn(w, spec, None).dequantize(torch.float32))
@@ -122,6 +127,30 @@ def test_clip_search_minimises_each_blocks_output_error():
     q = rtn(clipped, W4, None)
     assert torch.allclose(q.dequantize(), fake_quantize(clipped, W4))
     assert token_loss(x, w)(fake_quantize(clipped, W4)) < token_loss(x, w)(fake_quantize(w.float(), W4))
+
+
+@pytest.mark.parametrize("spec", [NF4, FormatSpec(kind="fp", bits=4, group_size=32)])
+def test_clip_search_on_a_lookup_table_shrinks_the_absmax(spec):
+    """Lookup-table formats scale a block by its absmax: the search shrinks [-absmax, absmax]."""
+    w, x, _ = planted_layer()
+    gram = (x.t() @ x / x.shape[0]).float()
+    grid = torch.linspace(1.0, 0.5, 20).tolist()
+    clipped, ratio, before, after = search_clip(w.float(), gram, spec, ClipSearch(grid=20, min_ratio=0.5))
+    assert (ratio < 1).any() and after < before
+    blocks = w.float().reshape(48, 4, 32)
+    for r in range(0, 48, 7):
+        for g in range(4):
+            b = blocks[r, g].reshape(1, 32)
+            sub = gram[g * 32:(g + 1) * 32, g * 32:(g + 1) * 32].double()
+            errs = []
+            for t in grid:
+                m = float(b.abs().max()) * t
+                d = (fake_quantize(b.clamp(-m, m), spec) - b).double()
+                errs.append(float(d @ sub @ d.t()))
+            assert errs[grid.index(float(ratio[r, g]))] <= min(errs) * (1 + 1e-4)
+            # The clipped block's absmax is the chosen share of the original one.
+            assert torch.allclose(clipped.reshape(48, 4, 32)[r, g].abs().max(), b.abs().max() * ratio[r, g], rtol=1e-6)
+    assert token_loss(x, w)(fake_quantize(clipped, spec)) < token_loss(x, w)(fake_quantize(w.float(), spec))
 
 
 # ---------------------------------------------------------------- folding on every architecture
@@ -281,6 +310,29 @@ def test_awq_gptq_beats_awq_and_checkpoint_round_trips(tmp_path):
             assert torch.allclose(loaded(calib).logits, logits, atol=1e-5, rtol=1e-5)
     # Measured: 0.194 against 0.223.
     assert errors["w4a16-awq-gptq"] < errors["w4a16-awq"]
+
+
+@pytest.mark.parametrize("name", ["nf4-dq-awq", "nf4-dq-awq-gptq"])
+def test_awq_on_nf4_beats_plain_nf4_and_round_trips(tmp_path, name):
+    base = tiny_models.build("llama")
+    calib = tiny_models.input_ids(batch=16, seqlen=32, seed=5)
+    with torch.no_grad():
+        ref = base(calib).logits
+
+    def error(model):
+        with torch.no_grad():
+            return ((model(calib).logits - ref).norm() / ref.norm()).item()
+
+    recipe = replace(load_preset(name), format=NF4_DQ)
+    model = copy.deepcopy(base)
+    report = quantize_model(model, recipe, calib=calib, progress=False, batch_size=8)
+    assert all(0 < r["clip_ratio_mean"] <= 1 for r in report.steps if "skipped" not in r)
+    plain = copy.deepcopy(base)
+    quantize_model(plain, replace(load_preset("nf4-dq"), format=NF4_DQ), progress=False)
+    assert error(model) < 0.97 * error(plain), (error(model), error(plain))
+    loaded, _ = load(save(model, None, tmp_path / name))
+    with torch.no_grad():
+        assert torch.allclose(loaded(calib).logits, model(calib).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_recipes_put_transforms_first_and_one_rounder_last():

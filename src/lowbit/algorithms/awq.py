@@ -23,8 +23,10 @@ import torch
 
 from ..errors import InputError
 from ..formats import FormatSpec
+from ..formats import levels as level_codec
 from ..formats.integer import dequantize_blocks, qparams_from_range, quantize_blocks, scale_dtype, to_blocks
 from .gptq import fp32_highest
+from .levels import rtn_levels
 from .rtn import ClipSearch
 
 # Floors of the scale formula, as in the paper's code: a dead channel (mean |x| = 0) or an all-zero
@@ -48,8 +50,11 @@ class ScaleResult:
 def fake_quantize(w: torch.Tensor, spec: FormatSpec) -> torch.Tensor:
     """``w (out, in)`` rounded to the nearest point of ``spec``'s min-max grid, dequantized to float32.
 
-    The same codes and scales as ``rtn(w, spec)`` (no clipping), without building the result object.
+    The same codes and scales as ``rtn(w, spec)`` (no clipping), without building the result object;
+    lookup-table formats (NF4, FP4) round to their levels, double-quantized scales included.
     """
+    if spec.is_lookup:
+        return rtn_levels(w, spec).dequantize(torch.float32)
     blocks = to_blocks(w, spec)
     b = blocks.float()
     scale, zero = qparams_from_range(b.amin(-1), b.amax(-1), spec, scale_dtype(spec, w.dtype))
@@ -164,9 +169,10 @@ def search_clip(
     A block's output error is ``δ Σ_gg δᵀ`` over the inputs it multiplies (``Σ_gg``: that block's
     diagonal block of ``gram``), as the paper measures it per output channel and group; blocks
     are independent, so each keeps its own best ratio. Ratios ``linspace(1, clip.min_ratio,
-    clip.grid)`` scale ``[min, max]``; ties keep the larger ratio. The clipped weights are the
-    float weights clamped to the chosen range, so round-to-nearest on them (min-max) and GPTQ's
-    static ranges reproduce exactly the range the search chose.
+    clip.grid)`` scale ``[min, max]`` (``[-absmax, absmax]`` for lookup-table formats); ties keep
+    the larger ratio. The clipped weights are the float weights clamped to the chosen range, so
+    round-to-nearest on them (min-max, or absmax) and GPTQ's static ranges reproduce exactly the
+    range the search chose.
     """
     if clip.norm != 2:
         raise InputError(f"AWQ's clip search measures output error (norm 2); got norm {clip.norm}")
@@ -179,11 +185,24 @@ def search_clip(
         idx = torch.arange(in_f, device=w.device).reshape(n_blocks, size)
         sub = gram.float()[idx.unsqueeze(-1), idx.unsqueeze(-2)]  # (n_blocks, size, size)
     dtype = scale_dtype(spec, w.dtype)
-    wmin, wmax = blocks.amin(-1), blocks.amax(-1)
+    if spec.is_lookup:
+        # Lookup tables scale a block by its absmax: the range is symmetric, [-r·absmax, r·absmax].
+        # Double-quantized scales are judged unrounded here: their 8-bit codes are fitted per matrix
+        # once every block's ratio is known.
+        wmax = blocks.abs().amax(-1)
+        wmin = -wmax
+    else:
+        wmin, wmax = blocks.amin(-1), blocks.amax(-1)
+
+    def rounded(ratio: torch.Tensor | float) -> torch.Tensor:
+        if spec.is_lookup:
+            scale = level_codec.absmax_scale(blocks, spec, dtype, ratio)
+            return level_codec.dequantize_blocks(level_codec.quantize_blocks(blocks, scale, spec), scale, spec)
+        scale, zero = qparams_from_range(wmin * ratio, wmax * ratio, spec, dtype)
+        return dequantize_blocks(quantize_blocks(blocks, scale, zero, spec), scale, zero, spec)
 
     def block_loss(ratio: torch.Tensor | float) -> torch.Tensor:
-        scale, zero = qparams_from_range(wmin * ratio, wmax * ratio, spec, dtype)
-        delta = dequantize_blocks(quantize_blocks(blocks, scale, zero, spec), scale, zero, spec) - blocks
+        delta = rounded(ratio) - blocks
         if spec.group_size == 0:
             delta = delta.reshape(out_f, 1, in_f)
         with fp32_highest():
