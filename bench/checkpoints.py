@@ -53,11 +53,19 @@ def load_peer(path: Path):
 
     ``bitsandbytes`` (bench/peers/bnb_nf4.py): plain ``from_pretrained``, which rebuilds
     bitsandbytes' own Linear4bit layers, so the peer's forward is bitsandbytes' code.
+
+    ``gptq`` (bench/peers/gptqmodel_quantize.py): a GPTQ-layout checkpoint. Its reader,
+    GPTQModel, lives only in the peer's venv; lowbit's GPTQ import translates the packed codes,
+    zeros and scales exactly (integers, float16 scales widened), so the weights evaluated are the
+    peer's, dequantized as ``(q − z)·s``.
     """
-    if read_meta(path).get("loader") == "bitsandbytes":
+    loader = read_meta(path).get("loader")
+    if loader == "bitsandbytes":
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(path, device_map="cpu").eval()
+    if loader == "gptq":
+        return load_lowbit(path)
     return load_compressed_tensors(path)
 
 
