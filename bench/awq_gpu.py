@@ -114,6 +114,36 @@ def run_llmcompressor(args, model, calib) -> dict:
     return {}
 
 
+def round_peer_weights(model) -> int:
+    """Put llm-compressor's rounded weights into its in-memory model, so its errors compare.
+
+    After ``oneshot`` the model still multiplies with float weights (errors ~1e-12 without this):
+    compressed-tensors rounds them only when it compresses the checkpoint. Each quantized linear carries the scheme and
+    the ``weight_scale`` / ``weight_zero_point`` its modifiers chose (AWQ's scales already folded
+    in), and compressed-tensors' own ``fake_quantize`` rounds with them, as its compressor would.
+    Runs outside the timed region."""
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
+    try:  # compressed-tensors >= 0.19 leaves the model dispatched: parameters live in an offload
+        # cache that a plain assignment to .data does not reach (seen: errors stayed ~1e-12)
+        from compressed_tensors.offload.dispatch import remove_dispatch
+        remove_dispatch(model)
+    except ImportError:
+        pass
+    n = 0
+    with torch.no_grad():
+        for module in model.modules():
+            scheme = getattr(module, "quantization_scheme", None)
+            if scheme is None or scheme.weights is None or not hasattr(module, "weight_scale"):
+                continue
+            zero = getattr(module, "weight_zero_point", None)
+            module.weight.data = fake_quantize(module.weight.data, module.weight_scale.data,
+                                               None if zero is None else zero.data, scheme.weights)
+            n += 1
+    return n
+
+
 def block_outputs(model, ids, device) -> tuple[list, object]:
     """Every decoder block's output hidden states and the logits, for ``ids`` on ``device``."""
     import torch
@@ -165,6 +195,8 @@ def one_run(args) -> dict:
     extra = fn(args, model, calib)
     sync()
     seconds = time.perf_counter() - start
+    if args.tool == "llmcompressor":
+        extra["layers_rounded"] = round_peer_weights(model)
     row = {"tool": args.tool, "blocks": args.blocks, "calib": args.calib, "calib_text": text,
            "dtype": args.dtype, "device": args.device, "seconds": round(seconds, 2),
            "s_per_block": round(seconds / args.blocks, 3), **extra,
