@@ -66,8 +66,9 @@ def test_every_preset_loads_and_round_trips(name):
         # The steps appear in the name ("awq+gptq" as "awq-gptq"); rounding to nearest after a
         # transform goes unsaid (w4a16-awq is AWQ + RTN, as in the paper).
         assert r.method.replace("+", "-").removesuffix("-rtn") in name
-    elif r.format.kind in ("nf", "fp"):  # NF4/FP4 go by their own names: nf4, nf4-dq, fp4, ...
-        assert name.startswith(f"{r.format.kind}{r.format.bits}")
+    elif r.format.kind in ("nf", "fp"):  # NF4/FP4 go by their own names: nf4, nf4-dq, fp4, mxfp4, ...
+        prefix = {"e8m0": "mx", "e4m3": "nv"}.get(r.format.scale_dtype, "")
+        assert name.startswith(f"{prefix}{r.format.kind}{r.format.bits}")
         assert r.method == "rtn" or r.method in name
         assert ("-dq" in name) == r.format.double_quant
     assert r.is_ignored("lm_head")

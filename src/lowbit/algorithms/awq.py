@@ -185,6 +185,7 @@ def search_clip(
         idx = torch.arange(in_f, device=w.device).reshape(n_blocks, size)
         sub = gram.float()[idx.unsqueeze(-1), idx.unsqueeze(-2)]  # (n_blocks, size, size)
     dtype = scale_dtype(spec, w.dtype)
+    global_scale = level_codec.tensor_global_scale(w, spec) if spec.is_lookup else None  # NVFP4's
     if spec.is_lookup:
         # Lookup tables scale a block by its absmax: the range is symmetric, [-r·absmax, r·absmax].
         # Double-quantized scales are judged unrounded here: their 8-bit codes are fitted per matrix
@@ -196,7 +197,7 @@ def search_clip(
 
     def rounded(ratio: torch.Tensor | float) -> torch.Tensor:
         if spec.is_lookup:
-            scale = level_codec.absmax_scale(blocks, spec, dtype, ratio)
+            scale = level_codec.absmax_scale(blocks, spec, dtype, ratio, global_scale)
             return level_codec.dequantize_blocks(level_codec.quantize_blocks(blocks, scale, spec), scale, spec)
         scale, zero = qparams_from_range(wmin * ratio, wmax * ratio, spec, dtype)
         return dequantize_blocks(quantize_blocks(blocks, scale, zero, spec), scale, zero, spec)

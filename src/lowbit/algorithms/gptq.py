@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..formats import FormatSpec, dequantize
 from ..formats.double_quant import double_quantize
 from ..formats.integer import qparams_from_range, scale_dtype, to_blocks
+from ..formats.levels import tensor_global_scale
 from .levels import LevelGrid, level_scales
 from .quantized_weight import QuantizedWeight
 from .rtn import ClipSearch, search_block_range
@@ -157,10 +158,12 @@ def output_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
         return float(((D @ H) * D).sum() / 2)
 
 
-def _group_params(W: torch.Tensor, spec: FormatSpec, dtype, clip: ClipSearch | None):
-    """Scale and zero of every block of ``W (out, in)``, each ``(rows, n_blocks)``."""
+def _group_params(W: torch.Tensor, spec: FormatSpec, dtype, clip: ClipSearch | None,
+                  global_scale: torch.Tensor | None = None):
+    """Scale and zero of every block of ``W (out, in)``, each ``(rows, n_blocks)``; ``global_scale``:
+    the whole matrix's per-tensor scale (NVFP4), fixed before any column is rounded."""
     if spec.is_lookup:  # absmax scales of a level table (NF4, FP4), no zero
-        return level_scales(W, spec, dtype, clip)[0], None
+        return level_scales(W, spec, dtype, clip, global_scale)[0], None
     blocks = to_blocks(W, spec)
     if clip is None:
         lo, hi = blocks.amin(-1), blocks.amax(-1)
@@ -237,8 +240,9 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         n_groups = in_f // group
         scale = torch.empty(out_f, n_groups, dtype=dtype, device=W.device)
         zero = None if spec.sym else torch.empty(out_f, n_groups, dtype=torch.int32, device=W.device)
+        global_scale = tensor_global_scale(W, spec) if spec.is_lookup else None
         if static:
-            s, z = _group_params(W, spec, dtype, params.clip)
+            s, z = _group_params(W, spec, dtype, params.clip, global_scale)
             scale.copy_(s)
             if zero is not None:
                 zero.copy_(z)
@@ -246,7 +250,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         if spec.double_quant:  # round the columns against the scales as they will be stored
             scale_dq = double_quantize(scale)
             scale.copy_(scale_dq.decode())
-        grid = (LevelGrid if spec.is_lookup else _Grid)(scale, zero, spec)
+        grid = LevelGrid(scale, None, spec, global_scale) if spec.is_lookup else _Grid(scale, zero, spec)
 
         perm = None
         if params.act_order:
@@ -280,13 +284,15 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         ref = output_error(W0, torch.zeros_like(W0), H0)
     stats = {"proxy_err": err, "proxy_err_rel": err / ref if ref > 0 else 0.0, "damp": damp,
              "dead_inputs": int(dead.sum()), "seconds": round(time.perf_counter() - start, 4)}
-    return QuantizedWeight(codes, scale, zero, spec, stats, scale_dq=scale_dq)
+    return QuantizedWeight(codes, scale, zero, spec, stats, scale_dq=scale_dq, global_scale=global_scale)
 
 
 class _Grid:
     """Scale and zero of every group, with the copies the column loop reads: codes are rounded
     from a float64 quotient, as lowbit.formats.integer rounds them (so ties break the same way),
     and the dequantized value is formed in float32, as ``dequantize`` forms it."""
+
+    global_scale = None  # integer formats have no per-tensor scale
 
     def __init__(self, scale: torch.Tensor, zero: torch.Tensor | None, spec: FormatSpec):
         self.scale, self.zero, self.spec = scale, zero, spec
@@ -328,7 +334,7 @@ def _column_loop(W, U, codes, grid: _Grid, col_group: list[int], block: int, dyn
             col = i1 + i
             g = col_group[col]
             if dynamic_group and col % dynamic_group == 0:
-                s, z = _group_params(W1[:, i:i + dynamic_group], grid.spec, dtype, clip)
+                s, z = _group_params(W1[:, i:i + dynamic_group], grid.spec, dtype, clip, grid.global_scale)
                 grid.set_group(g, s[:, 0], None if z is None else z[:, 0])
             w = W1[:, i]
             q, dq = grid.round_column(w, g)
@@ -371,7 +377,7 @@ def _fused_column_loop(W, U, codes, grid: _Grid, col_group: list[int], block: in
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
         if dynamic_group:
-            s, z = _group_params(W[:, i1:i2], grid.spec, dtype, clip)
+            s, z = _group_params(W[:, i1:i2], grid.spec, dtype, clip, grid.global_scale)
             grid.set_group(col_group[i1], s[:, 0], None if z is None else z[:, 0])
         gptq_block_columns(W, U, codes, err, grid.scale_d, grid.zero_d, grid.scale_f, grid.zero_f,
                            groups, i1, i2 - i1, grid.spec.qmax)

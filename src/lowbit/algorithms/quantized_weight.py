@@ -16,7 +16,9 @@ class QuantizedWeight:
     ``zero`` is None for symmetric formats (implicit mid-point). ``stats`` carries what the
     rounder measured (reconstruction error, chosen clip ratios, seconds) for the report.
     Double-quantized formats also carry ``scale_dq``, the stored form of ``scale`` (which then
-    holds its decoded values, the ones the codes were computed against).
+    holds its decoded values, the ones the codes were computed against). Formats with a
+    per-tensor scale (NVFP4) carry it as ``global_scale``, float32 ``(1,)``; their ``scale`` is
+    decoded too (block scale over global scale).
     """
 
     codes: torch.Tensor
@@ -25,6 +27,7 @@ class QuantizedWeight:
     spec: FormatSpec
     stats: dict = field(default_factory=dict)
     scale_dq: DoubleQuantized | None = None
+    global_scale: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -59,7 +59,7 @@ def storage_bits(module: nn.Module) -> int:
     """
     bits = module.weight_packed.numel() * 32
     bits += module.weight_scale.numel() * module.weight_scale.element_size() * 8
-    for name in ("weight_scale_scale", "weight_scale_offset"):
+    for name in ("weight_scale_scale", "weight_scale_offset", "weight_global_scale"):
         extra = getattr(module, name, None)
         if extra is not None:
             bits += extra.numel() * extra.element_size() * 8

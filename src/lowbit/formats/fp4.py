@@ -6,9 +6,16 @@ subnormal, ``m · 0.5``; otherwise ``2^(e−1) · (1 + m/2)``. The 8 magnitudes 
 never produced by the encoder, which prefers +0). There is no infinity or NaN.
 
 Keeping the codes as the E2M1 bit patterns (not as sorted indices) means MXFP4/NVFP4 exports
-are a repacking, not a re-encoding. Blocks are scaled by ``absmax / 6`` (``formats/levels.py``),
-so each block's largest weight lands on ±6, as the MX and NVFP4 recipes set their scales; the
-stored scale here is a plain float (E8M0 or FP8 scales are those formats' business).
+are a repacking, not a re-encoding (``io/ct_fp4.py``). The block scale comes in three kinds:
+
+- a plain float (``scale_dtype`` None or a float dtype; presets ``fp4``, ``fp4-dq``):
+  ``absmax / 6`` rounded up (``formats/levels.py``), so each block's largest weight lands on ±6;
+  optionally double-quantized;
+- ``e8m0`` (MXFP4, preset ``mxfp4``, blocks of 32): a power of two stored as a biased exponent;
+- ``e4m3`` (NVFP4, preset ``nvfp4``, blocks of 16): an FP8 E4M3 block scale divided by one
+  float32 global scale per tensor.
+
+The last two are chosen and coded as compressed-tensors does (``formats/microscaling.py``).
 bitsandbytes' "fp4" is a different table (its own exponent bias, no ±6 level).
 """
 from __future__ import annotations

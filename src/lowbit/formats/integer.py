@@ -13,7 +13,9 @@ import torch
 
 from .spec import FormatSpec
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Coded (E8M0 / E4M3) block scales decode to float32: rounders work with the decoded values.
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "e8m0": torch.float32, "e4m3": torch.float32}
 
 
 def to_blocks(w: torch.Tensor, spec: FormatSpec) -> torch.Tensor:

@@ -5,6 +5,9 @@ weight lands on the table's extreme level (NF4 in QLoRA, FP4 in the MX and NVFP4
 are unsigned table indices in [0, 2^bits), packed like integer codes (``formats/packing.py``).
 Blocks are the integer formats' blocks (``to_blocks``: ``group_size`` along the input dimension).
 
+FP4 blocks may code their scales as 8-bit floats instead (MXFP4's E8M0, NVFP4's E4M3 beside a
+per-tensor global scale): :mod:`lowbit.formats.microscaling` rounds those, from the same absmax.
+
 Tables are registered per kind (``nf.py``, ``fp4.py``) as float64 values indexed by code. Encoding
 picks the nearest level of ``w / scale``, the quotient taken in float64; an exact tie between two
 levels goes to the lower one (bitsandbytes' rule: ``bucketize`` on the midpoints). Where two codes
@@ -21,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from . import microscaling
 from .integer import store_scale, to_blocks
 from .spec import FormatSpec
 
@@ -74,12 +78,23 @@ def table_for(spec: FormatSpec) -> LevelTable:
 
 
 def absmax_scale(blocks: torch.Tensor, spec: FormatSpec, dtype: torch.dtype,
-                 ratio: torch.Tensor | float = 1.0) -> torch.Tensor:
+                 ratio: torch.Tensor | float = 1.0, global_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Scale per block of ``blocks (rows, n, block)``: ``ratio · absmax / max|level|``, rounded
     *up* to ``dtype`` so the block's largest weight stays inside the table's range. An all-zero
-    block keeps scale 0 (as bitsandbytes stores it); its codes are those of level 0."""
+    block keeps scale 0 (as bitsandbytes stores it); its codes are those of level 0.
+
+    Coded scales (``spec.coded_scales``) are the decoded float32 values of their E8M0 / E4M3
+    codes instead, chosen by ``microscaling.block_scale`` from the same shrunk absmax (NVFP4 needs
+    the tensor's ``global_scale``)."""
     amax = blocks.double().abs().amax(-1) * (ratio.double() if isinstance(ratio, torch.Tensor) else ratio)
+    if spec.coded_scales:
+        return microscaling.block_scale(amax, spec, table_for(spec).amax, global_scale)
     return store_scale(amax / table_for(spec).amax, dtype)
+
+
+def tensor_global_scale(w: torch.Tensor, spec: FormatSpec) -> torch.Tensor | None:
+    """The per-tensor scale of ``w (out, in)`` for formats that have one (NVFP4), else None."""
+    return microscaling.global_scale(w, table_for(spec).amax) if spec.has_global_scale else None
 
 
 def quantize_blocks(blocks: torch.Tensor, scale: torch.Tensor, spec: FormatSpec) -> torch.Tensor:

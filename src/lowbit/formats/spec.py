@@ -10,6 +10,9 @@ Kinds: ``int`` (uniform integer grid, :mod:`lowbit.formats.integer`) and the loo
 whose codes index a table of levels scaled by each block's absmax (:mod:`lowbit.formats.levels`).
 Lookup-table formats are symmetric by construction (``sym`` is always true for them) and may
 store their block scales double-quantized (``double_quant``, :mod:`lowbit.formats.double_quant`).
+FP4 blocks may instead store their scales as 8-bit floats (:mod:`lowbit.formats.microscaling`):
+``scale_dtype: e8m0`` (powers of two, MXFP4) or ``e4m3`` (FP8 times one float32 scale per tensor,
+NVFP4).
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ SUPPORTED_INT_BITS = (2, 3, 4, 8)
 # fp8: FP8 E4M3, its 256 byte values as the table (formats/fp8.py).
 LEVEL_KIND_BITS = {"nf": (4,), "fp": (4,), "fp8": (8,)}
 KINDS = ("int", *LEVEL_KIND_BITS)
+FLOAT_SCALE_DTYPES = ("float32", "float16", "bfloat16")
+# Block scales coded as 8-bit floats, for kind "fp" (formats/microscaling.py): the MXFP4 and NVFP4 scales.
+CODED_SCALE_DTYPES = {"e8m0": "mxfp4", "e4m3": "nvfp4"}
 PER_CHANNEL = -1
 PER_TENSOR = 0
 
@@ -37,7 +43,8 @@ class FormatSpec:
     bits: int = 4
     sym: bool = False
     group_size: int = 64
-    # None: scales are stored in the weight's own dtype (what llm-compressor writes).
+    # None: scales are stored in the weight's own dtype (what llm-compressor writes); "e8m0" /
+    # "e4m3": coded 8-bit block scales of kind fp (MXFP4 / NVFP4).
     scale_dtype: str | None = None
     # Lookup-table kinds only: block scales stored as 8-bit codes (formats/double_quant.py).
     double_quant: bool = False
@@ -58,8 +65,13 @@ class FormatSpec:
             )
         if not isinstance(self.sym, bool):
             raise FormatError(f"sym must be true or false, got {self.sym!r}")
-        if self.scale_dtype not in (None, "float32", "float16", "bfloat16"):
-            raise FormatError(f"unsupported scale dtype {self.scale_dtype!r}")
+        if self.scale_dtype not in (None, *FLOAT_SCALE_DTYPES, *CODED_SCALE_DTYPES):
+            raise FormatError(f"unsupported scale dtype {self.scale_dtype!r} (supported: "
+                              f"{', '.join([*FLOAT_SCALE_DTYPES, *CODED_SCALE_DTYPES])})")
+        if self.coded_scales and (self.kind != "fp" or self.group_size <= 0):
+            raise FormatError(f"scale dtype {self.scale_dtype} ({CODED_SCALE_DTYPES[self.scale_dtype]}) "
+                              f"codes the block scales of kind fp in groups (group_size > 0), "
+                              f"not {self.kind} with group size {self.group_size}")
         if not isinstance(self.double_quant, bool):
             raise FormatError(f"double_quant must be true or false, got {self.double_quant!r}")
         if self.is_lookup:
@@ -75,6 +87,16 @@ class FormatSpec:
     def is_lookup(self) -> bool:
         """Codes index a table of levels (nf, fp) rather than a uniform integer grid."""
         return self.kind != "int"
+
+    @property
+    def coded_scales(self) -> bool:
+        """Block scales stored as 8-bit float codes (E8M0 or E4M3), decoded to float32."""
+        return self.scale_dtype in CODED_SCALE_DTYPES
+
+    @property
+    def has_global_scale(self) -> bool:
+        """One float32 scale per tensor divides the block scales (NVFP4's two-level scaling)."""
+        return self.scale_dtype == "e4m3"
 
     @property
     def qmax(self) -> int:
@@ -103,7 +125,8 @@ class FormatSpec:
 
         A per-tensor block is the whole ``(out_features, in_features)`` matrix. Double-quantized
         scales cost 8 bits per block plus a float32 per 256 blocks (NF4 at block 64: 4.127); the
-        one float32 offset per matrix is left out (under 0.001 bits per weight for any real layer).
+        one float32 offset per matrix is left out (under 0.001 bits per weight for any real layer),
+        as is NVFP4's float32 global scale. Coded (E8M0/E4M3) scales cost 8 bits per block.
         """
         if self.group_size > 0:
             block = self.group_size
@@ -113,6 +136,8 @@ class FormatSpec:
             block = in_features * out_features
         if self.double_quant:
             return self.bits + (DQ_BITS + 32 / DQ_BLOCK) / block
+        if self.coded_scales:
+            scale_bits = 8
         extra = scale_bits + (0 if self.sym else self.bits)
         return self.bits + extra / block
 
@@ -120,6 +145,7 @@ class FormatSpec:
         g = {"group": f"g{self.group_size}", "channel": "per-channel", "tensor": "per-tensor"}
         if self.is_lookup:
             name = {"nf": f"nf{self.bits}", "fp": f"fp{self.bits} e2m1", "fp8": "fp8 e4m3"}[self.kind]
+            name = CODED_SCALE_DTYPES.get(self.scale_dtype, name)  # mxfp4, nvfp4
             return f"{name} {g[self.granularity]}" + (" dq" if self.double_quant else "")
         return f"int{self.bits} {'sym' if self.sym else 'asym'} {g[self.granularity]}"
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import InputError
 from . import compressed_tensors as ct
-from . import ct_activation_schemes, export, native
+from . import ct_activation_schemes, ct_fp4, export, native
 from .atomic import atomic_directory, check_writable_target
 from .files import (CONFIG_NAME, RECIPE_NAME, CheckpointError, checkpoint_dir, read_json,
                     tensor_table, weight_files)
@@ -282,7 +282,8 @@ def inspect(path: str | os.PathLike) -> dict:
     q_bits = q_weights = 0
     for row in layers:
         keys = row.pop("tensors", ("weight_packed", "weight_scale", "weight_zero", "weight_zero_point",
-                                   "weight_scale_scale", "weight_scale_offset"))  # the last two: double quant
+                                   "weight_scale_scale", "weight_scale_offset",  # these two: double quant
+                                   "weight_global_scale"))  # NVFP4
         if f"{row['name']}.{keys[0]}" not in table:
             raise CheckpointError(f"{p}: config lists layer {row['name']} but the weights do not hold it")
         n = row["shape"][0] * row["shape"][1]
@@ -327,7 +328,9 @@ def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
     from compressed_tensors.utils.match import match_name
     from safetensors import safe_open
 
-    names = [k.removesuffix(".weight_packed") for k in table if k.endswith(".weight_packed")]
+    # int32 words are pack-quantized; uint8 bytes are MXFP4/NVFP4 (ct_fp4.inspect_rows)
+    names = [k.removesuffix(".weight_packed") for k, t in table.items()
+             if k.endswith(".weight_packed") and t["dtype"] == "I32"]
     shapes = {}
     for f in weight_files(p):
         with safe_open(f, framework="pt") as h:
@@ -346,7 +349,7 @@ def _ct_layers(p: Path, qc: dict, table: dict) -> list[dict]:
         if spec is None or name not in shapes:
             raise CheckpointError(f"{p}: cannot tell the format of layer {name}")
         rows.append(_row(name, shapes[name], spec))
-    return rows + ct_activation_schemes.inspect_rows(table)
+    return rows + ct_fp4.inspect_rows(table) + ct_activation_schemes.inspect_rows(table)
 
 
 def _numel(t: dict) -> int:

@@ -39,10 +39,12 @@ Only ``nn.Linear`` layers can be expressed: compressed-tensors cannot initialise
 
 Which module becomes which scheme is a registry (:func:`register_ct_scheme`): a module type maps
 to a function returning the layer's config-group body and tensors, and layers with equal schemes
-share a config group. ``QuantLinear`` is the weight-only row (int 1–8 bits, symmetric or not,
-per group/channel/tensor; GPTQ act-order recorded as ``actorder: "static"``, since lowbit's
-act-order keeps groups contiguous and compressed-tensors 0.19+ has no ``g_idx``); weight+activation
-modules add their rows (``int-quantized``, ``float-quantized``) from their own files.
+share a config group. ``QuantLinear`` is the weight-only row, itself a table by format kind
+(:func:`register_weight_only_kind`): ``int`` here (1–8 bits, symmetric or not, per
+group/channel/tensor; GPTQ act-order recorded as ``actorder: "static"``, since lowbit's act-order
+keeps groups contiguous and compressed-tensors 0.19+ has no ``g_idx``), ``fp`` with MXFP4/NVFP4
+scales in ``io/ct_fp4.py``; NF4 and FP4 with float scales have no scheme (they go native).
+Weight+activation modules add their rows (``int-quantized``, ``float-quantized``) from their own files.
 """
 from __future__ import annotations
 
@@ -135,7 +137,23 @@ def _act_order(recipe) -> bool:
     return bool(getattr(getattr(recipe, "rounder", None), "act_order", False))
 
 
+# QuantLinear's rows by format kind ("int" below; io/ct_fp4.py adds "fp").
+_WEIGHT_ONLY_KINDS: dict[str, SchemeFn] = {}
+
+
+def register_weight_only_kind(kind: str, fn: SchemeFn) -> None:
+    """Teach the writer the QuantLinear layers of one format kind (``FormatSpec.kind``)."""
+    _WEIGHT_ONLY_KINDS[kind] = fn
+
+
 def weight_only_layer(name: str, m: QuantLinear, recipe=None) -> CTLayer:
+    fn = _WEIGHT_ONLY_KINDS.get(m.spec.kind)
+    if fn is None:
+        raise NotExpressible(f"{name} uses {m.spec.label()}, which compressed-tensors cannot hold")
+    return fn(name, m, recipe)
+
+
+def int_layer(name: str, m: QuantLinear, recipe=None) -> CTLayer:
     spec = m.spec
     if spec.kind != "int" or not 1 <= spec.bits <= 8:
         raise NotExpressible(f"{name} uses {spec.label()}, which pack-quantized cannot hold")
@@ -150,6 +168,7 @@ def weight_only_layer(name: str, m: QuantLinear, recipe=None) -> CTLayer:
     return CTLayer(scheme, layer_tensors(m))
 
 
+register_weight_only_kind("int", int_layer)
 register_ct_scheme(QuantLinear, weight_only_layer)
 
 
@@ -326,8 +345,9 @@ def reader_for(group: dict) -> CTReader | None:
 
 
 def empty_layer(out_features: int, in_features: int, spec, bias: bool, dtype: torch.dtype, device=None):
-    """The shell a loader puts in place of a quantized linear, for ``resolve_layers``' spec."""
-    if isinstance(spec, FormatSpec):
+    """The shell a loader puts in place of a quantized linear, for ``resolve_layers``' spec
+    (integer pack-quantized here; other kinds and spec types by their registered reader)."""
+    if isinstance(spec, FormatSpec) and spec.kind == "int":
         scale_dtype = getattr(torch, spec.scale_dtype) if spec.scale_dtype else dtype
         return CompressedTensorsLinear(out_features, in_features, spec, bias, scale_dtype, device)
     return _SPEC_READERS[type(spec)].empty_layer(out_features, in_features, spec, bias, dtype, device)

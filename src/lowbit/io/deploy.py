@@ -188,7 +188,11 @@ def layers_of_plan(model: nn.Module, recipe) -> list[Layer]:
 
 def planned_format(layers: list[Layer], fmt: str) -> str:
     """The format ``save(format=fmt)`` will pick, guessed from the specs ("auto": compressed-tensors
-    for integer schemes, else native)."""
+    for integer, MXFP4 and NVFP4 schemes, else native)."""
+    from .ct_fp4 import why_not
+
     if fmt != "auto":
         return fmt
-    return "compressed-tensors" if all(layer.spec.kind == "int" for layer in layers) else "native"
+    expressible = all(layer.spec.kind == "int" or (layer.spec.kind == "fp" and why_not(layer.spec) is None)
+                      for layer in layers)
+    return "compressed-tensors" if expressible else "native"

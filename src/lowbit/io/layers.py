@@ -66,7 +66,9 @@ def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def spec_scale_dtype(spec: FormatSpec, weight_dtype: torch.dtype) -> torch.dtype:
-    return getattr(torch, spec.scale_dtype) if spec.scale_dtype else weight_dtype
+    """The float dtype of a layer's scales (and bias); coded scales keep their own code dtype, so
+    the bias takes the model's."""
+    return getattr(torch, spec.scale_dtype) if spec.scale_dtype and not spec.coded_scales else weight_dtype
 
 
 def float_linear_names(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:

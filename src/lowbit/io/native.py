@@ -10,7 +10,9 @@ zeros, asymmetric only; ``L.bias`` if any; and the sentinel ``L.weight``: an emp
 of shape ``(0,)``. Lookup-table formats (``format: "nf"`` NF4, ``"fp"`` FP4 E2M1) store their
 codes (table indices) the same way, 4-bit codes two per byte, low nibble first; with
 ``double_quant`` ``L.weight_scale`` is int8 codes of the block scales, beside float32
-``L.weight_scale_scale`` (one per 256 block scales) and ``L.weight_scale_offset`` (one).
+``L.weight_scale_scale`` (one per 256 block scales) and ``L.weight_scale_offset`` (one); with
+``scale_dtype`` ``e8m0`` (MXFP4) it is uint8 exponents, with ``e4m3`` (NVFP4) float8_e4m3fn
+beside float32 ``L.weight_global_scale`` (one).
 
 ``quantization_config``::
 

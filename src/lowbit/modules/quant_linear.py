@@ -8,6 +8,9 @@ Codes are integers on a uniform grid or indices into a table of levels (NF4, FP4
 kind decides how they dequantize (``formats.dequantize``), not this module. Double-quantized
 formats store ``weight_scale`` as int8 codes with ``weight_scale_scale`` (float32, one per 256
 block scales) and ``weight_scale_offset`` (float32, one); ``block_scale()`` decodes them.
+MXFP4 stores ``weight_scale`` as uint8 E8M0 exponents, NVFP4 as ``float8_e4m3fn`` beside
+``weight_global_scale`` (float32, one): compressed-tensors' names and dtypes
+(``formats/microscaling.py``).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from torch import nn
 
 from ..algorithms.quantized_weight import QuantizedWeight
 from ..formats import FormatError, FormatSpec, dequantize, pack, packed_width, unpack
+from ..formats import microscaling
 from ..formats.double_quant import DoubleQuantized, decode_scales, n_dq_blocks
 from .. import kernels
 
@@ -38,6 +42,11 @@ class QuantLinear(nn.Module):
             self.register_buffer("weight_scale_scale", torch.ones(
                 n_dq_blocks(rows * groups), dtype=torch.float32, device=device))
             self.register_buffer("weight_scale_offset", torch.zeros(1, dtype=torch.float32, device=device))
+        elif spec.coded_scales:
+            code_dtype = torch.uint8 if spec.scale_dtype == "e8m0" else microscaling.E4M3_DTYPE
+            self.register_buffer("weight_scale", torch.zeros(rows, groups, dtype=code_dtype, device=device))
+            if spec.has_global_scale:
+                self.register_buffer("weight_global_scale", torch.ones(1, dtype=torch.float32, device=device))
         else:
             self.register_buffer("weight_scale", torch.ones(rows, groups, dtype=dtype, device=device))
         if spec.sym:
@@ -49,8 +58,10 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "QuantLinear":
         out_f, in_f = qw.shape
-        # Decoded double-quantized scales are float32 whatever the model's dtype: the bias keeps its own.
-        dtype = bias.dtype if qw.spec.double_quant and bias is not None else qw.scale.dtype
+        # Decoded double-quantized and coded scales are float32 whatever the model's dtype: the
+        # bias keeps its own.
+        own_dtype = qw.spec.double_quant or qw.spec.coded_scales
+        dtype = bias.dtype if own_dtype and bias is not None else qw.scale.dtype
         m = cls(in_f, out_f, qw.spec, bias is not None, dtype=dtype, device=qw.codes.device)
         m.weight_packed.copy_(pack(qw.codes, qw.spec.bits))
         if qw.spec.double_quant:
@@ -59,6 +70,12 @@ class QuantLinear(nn.Module):
             m.weight_scale.copy_(qw.scale_dq.codes)
             m.weight_scale_scale.copy_(qw.scale_dq.dq_scale)
             m.weight_scale_offset.copy_(qw.scale_dq.offset)
+        elif qw.spec.coded_scales:
+            if qw.spec.has_global_scale:
+                if qw.global_scale is None:
+                    raise FormatError(f"{qw.spec.label()}: the rounder returned no global scale")
+                m.weight_global_scale.copy_(qw.global_scale.reshape(1))
+            m.weight_scale.copy_(microscaling.encode(qw.scale, qw.spec, qw.global_scale))
         else:
             m.weight_scale.copy_(qw.scale)
         if qw.zero is not None:
@@ -71,16 +88,23 @@ class QuantLinear(nn.Module):
         return unpack(self.weight_packed, self.spec.bits, self.in_features)
 
     def block_scale(self) -> torch.Tensor:
-        """The scale of every block, ``(rows, n_groups)``, decoded if double-quantized."""
+        """The scale of every block, ``(rows, n_groups)``, decoded if double-quantized or coded."""
         if self.spec.double_quant:
             return decode_scales(self.weight_scale, self.weight_scale_scale, self.weight_scale_offset)
+        if self.spec.coded_scales:
+            return microscaling.decode(self.weight_scale, self.spec, self.global_scale())
         return self.weight_scale
+
+    def global_scale(self) -> torch.Tensor | None:
+        """NVFP4's per-tensor scale, float32 ``(1,)``; None for other formats."""
+        return self.weight_global_scale if self.spec.has_global_scale else None
 
     def quantized_weight(self) -> QuantizedWeight:
         dq = None
         if self.spec.double_quant:
             dq = DoubleQuantized(self.weight_scale, self.weight_scale_scale, self.weight_scale_offset)
-        return QuantizedWeight(self.codes(), self.block_scale(), self.weight_zero, self.spec, scale_dq=dq)
+        return QuantizedWeight(self.codes(), self.block_scale(), self.weight_zero, self.spec, scale_dq=dq,
+                               global_scale=self.global_scale())
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         scale = self.block_scale()

@@ -22,12 +22,14 @@ from ..recipes import Recipe
 
 
 def split_rows(qw: QuantizedWeight, sizes: list[int]) -> list[QuantizedWeight]:
-    """Cut a stacked result back into one QuantizedWeight per linear (block params are per row)."""
+    """Cut a stacked result back into one QuantizedWeight per linear (block params are per row;
+    an NVFP4 global scale belongs to the whole stack, so its parts share it)."""
     out, start = [], 0
     for n in sizes:
         rows = slice(start, start + n)
         out.append(QuantizedWeight(qw.codes[rows], qw.scale[rows],
-                                   None if qw.zero is None else qw.zero[rows], qw.spec, dict(qw.stats)))
+                                   None if qw.zero is None else qw.zero[rows], qw.spec, dict(qw.stats),
+                                   global_scale=qw.global_scale))
         start += n
     return out
 
