@@ -56,6 +56,13 @@ LOWBIT_RECIPES += [
     BenchRecipe("w4a16-awq-gptq", "w4a16-awq-gptq"),
     BenchRecipe("w3a16-awq-gptq", "w3a16-awq-gptq"),
 ]
+# NF4 + double quantization with calibrated rounders (issue 9): GPTQ to the NF4 levels, AWQ + RTN,
+# AWQ + GPTQ.
+LOWBIT_RECIPES += [
+    BenchRecipe("nf4-dq-gptq", "nf4-dq-gptq"),
+    BenchRecipe("nf4-dq-awq", "nf4-dq-awq"),
+    BenchRecipe("nf4-dq-awq-gptq", "nf4-dq-awq-gptq"),
+]
 # Weight + activation quantization (issue 8): W8A8 int8 (dynamic per-token; SmoothQuant; static
 # per-tensor with each observer), LLM.int8(), FP8 E4M3 (dynamic, static); calibrated ones on
 # pydoc-128x512.
