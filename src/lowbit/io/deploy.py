@@ -43,6 +43,7 @@ class KernelRule:
     min_capability: int | None = None   # CUDA compute capability ×10; None: no GPU needed
     only_capability: int | None = None  # the kernel runs on this capability only
     note: str = ""
+    kinds: tuple[str, ...] = ("int",)   # code kinds: uniform integers, or lookup tables (nf, fp)
 
     def device(self) -> str:
         if self.only_capability:
@@ -51,7 +52,7 @@ class KernelRule:
 
     def why_not(self, layer: Layer) -> str | None:
         spec = layer.spec
-        if spec.kind != "int":
+        if spec.kind not in self.kinds:
             return f"{spec.label()} codes"
         bits = spec.bits
         if bits not in (self.sym_bits if spec.sym else self.asym_bits):
@@ -104,12 +105,20 @@ RULES = (
     # (lowbit.io.compressed_tensors docstring); GGUF: dequantized by gguf-py (API-FACTS §2).
     KernelRule("transformers", "dequantized", ("compressed-tensors", "gguf"), (1, 2, 3, 4, 5, 6, 7, 8),
                (1, 2, 3, 4, 5, 6, 7, 8), per_tensor=True, note="dense weights"),
+    # compressed-tensors' FP4 unpacker returns bfloat16 weights whatever the model's dtype, so
+    # MXFP4/NVFP4 exports load and run in transformers only as bfloat16 models (tests/test_io_ct_fp4.py).
+    KernelRule("transformers", "dequantized (bf16 model)", ("compressed-tensors",), (4,), (),
+               note="bfloat16 models only", kinds=("fp",)),
     # GPTQModel (qlinear/__init__.py): bits 2/3/4/8, groups [-1, 16, 32, 64, 128], both versions.
     KernelRule("GPTQModel", "torch/triton/exllama", ("gptq", "gptq-v2"), (2, 3, 4, 8), (2, 3, 4, 8),
                (-1, 16, 32, 64, 128)),
     # lowbit itself reads every format it writes (reference kernel anywhere, Triton on CUDA).
     KernelRule("lowbit", "reference/Triton", ("native", "compressed-tensors", "gptq", "gptq-v2", "awq"),
                (2, 3, 4, 8), (2, 3, 4, 8), per_tensor=True),
+    # Lookup-table codes (NF4, FP4, MXFP4, NVFP4) run through lowbit's reference kernel
+    # (dequantize, then matmul) on any device; no Triton kernel yet.
+    KernelRule("lowbit", "reference (lookup table)", ("native", "compressed-tensors"), (4,), (),
+               per_tensor=True, kinds=("nf", "fp")),
 )
 
 
