@@ -12,29 +12,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${GPTQMODEL_VENV:-$here/.venv-gptqmodel}"
-py="${PYTHON:-python3}"
-
-TORCH_SPEC="torch==2.13.0"
+source "$here/peer_venv.sh"
 PEER_SPECS=(gptqmodel==7.6.0)
 # Needed to measure peak memory; not pinned by the peer.
 EXTRA_SPECS=(psutil)
-
-stamp="$venv/.lowbit-peer-ready"
-if [[ -f "$stamp" ]]; then
-  echo "$venv/bin/python"
-  exit 0
-fi
-
-"$py" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
-wheels="${TORCH_WHEELS:-/opt/wheels}"
-if [[ -d "$wheels" ]]; then
-  "${pip[@]}" --find-links "$wheels" "$TORCH_SPEC"
-else
-  "${pip[@]}" "$TORCH_SPEC"
-fi
-# Naming torch again keeps the resolver from replacing the CPU build.
-"${pip[@]}" "${PEER_SPECS[@]}" "${EXTRA_SPECS[@]}" "$TORCH_SPEC"
-"$venv/bin/python" -c "import gptqmodel, transformers, torch; print('peer venv:', gptqmodel.__version__, transformers.__version__, torch.__version__)"
-touch "$stamp"
-echo "$venv/bin/python"
+make_peer_venv "$venv" "import gptqmodel, transformers, torch; print('peer venv:', gptqmodel.__version__, transformers.__version__, torch.__version__)" "${PEER_SPECS[@]}" "${EXTRA_SPECS[@]}"
