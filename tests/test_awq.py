@@ -270,10 +270,6 @@ def test_awq_recipe_beats_rtn_on_every_architecture(arch_name):
     with torch.no_grad():
         ref = base(calib).logits
 
-    def error(model):
-        with torch.no_grad():
-            return ((model(calib).logits - ref).norm() / ref.norm()).item()
-
     awq = copy.deepcopy(base)
     report = quantize_model(awq, tiny_recipe("w4a16-awq"), calib=calib, progress=False, batch_size=8)
     targets = find_targets(base, tiny_recipe("w4a16-awq"))
@@ -290,7 +286,8 @@ def test_awq_recipe_beats_rtn_on_every_architecture(arch_name):
     rtn_model = copy.deepcopy(base)
     quantize_model(rtn_model, Recipe(W4, (RTNConfig(clip=None),)), progress=False)
     # Measured on these models: AWQ 0.80-0.93 of RTN's relative logit error.
-    assert error(awq) < 0.97 * error(rtn_model), (error(awq), error(rtn_model))
+    err_awq, err_rtn_model = (tiny_models.logit_error(m, calib, ref) for m in (awq, rtn_model))
+    assert err_awq < 0.97 * err_rtn_model, (err_awq, err_rtn_model)
 
 
 def test_awq_gptq_beats_awq_and_checkpoint_round_trips(tmp_path):
@@ -319,17 +316,14 @@ def test_awq_on_nf4_beats_plain_nf4_and_round_trips(tmp_path, name):
     with torch.no_grad():
         ref = base(calib).logits
 
-    def error(model):
-        with torch.no_grad():
-            return ((model(calib).logits - ref).norm() / ref.norm()).item()
-
     recipe = replace(load_preset(name), format=NF4_DQ)
     model = copy.deepcopy(base)
     report = quantize_model(model, recipe, calib=calib, progress=False, batch_size=8)
     assert all(0 < r["clip_ratio_mean"] <= 1 for r in report.steps if "skipped" not in r)
     plain = copy.deepcopy(base)
     quantize_model(plain, replace(load_preset("nf4-dq"), format=NF4_DQ), progress=False)
-    assert error(model) < 0.97 * error(plain), (error(model), error(plain))
+    err_model, err_plain = (tiny_models.logit_error(m, calib, ref) for m in (model, plain))
+    assert err_model < 0.97 * err_plain, (err_model, err_plain)
     loaded, _ = load(save(model, None, tmp_path / name))
     with torch.no_grad():
         assert torch.allclose(loaded(calib).logits, model(calib).logits, atol=1e-5, rtol=1e-5)

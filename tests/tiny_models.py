@@ -110,3 +110,9 @@ def build(arch: str, seed: int = 0) -> torch.nn.Module:
 def input_ids(batch: int = 2, seqlen: int = 16, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, seqlen), generator=g)
+
+
+@torch.no_grad()
+def logit_error(model: torch.nn.Module, ids: torch.Tensor, reference_logits: torch.Tensor) -> float:
+    """Relative Frobenius error of ``model``'s logits on ``ids`` against ``reference_logits``."""
+    return ((model(ids).logits - reference_logits).norm() / reference_logits.norm()).item()
