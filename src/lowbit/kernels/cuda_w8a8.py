@@ -23,17 +23,26 @@ from .dispatch import register_kernel
 from .reference_w8a8 import fp8_linear, scale_output, w8a8_int8_linear
 
 INT_MM_MIN_M = 17
-_TRITON = []  # [the triton_act_quant module or None], filled on first use
+# From this many tokens the fused Triton GEMM (kernels/triton_int8_mm.py) replaces torch._int_mm
+# and its separate epilogue; below it the GEMM is bound by reading the weights, where _int_mm
+# with M padded to 17 already runs at 1.2-1.6x bf16 (bench/results/w8a8-kernels.md).
+FUSED_MIN_M = 128
+_TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first use
+
+
+def _triton_modules():
+    if not _TRITON:
+        try:
+            from . import triton_act_quant, triton_int8_mm
+            _TRITON.append((triton_act_quant, triton_int8_mm))
+        except ImportError:
+            _TRITON.append(None)
+    return _TRITON[0]
 
 
 def _triton():
-    if not _TRITON:
-        try:
-            from . import triton_act_quant
-        except ImportError:
-            triton_act_quant = None
-        _TRITON.append(triton_act_quant)
-    return _TRITON[0]
+    mods = _triton_modules()
+    return None if mods is None else mods[0]
 
 
 def quantize_input(x2: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None):
@@ -59,6 +68,11 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
         return w8a8_int8_linear(x, module)
     x2 = x.reshape(-1, module.in_features)
     m = x2.shape[0]
+    mods = _triton_modules()
+    if mods is not None and m >= FUSED_MIN_M:
+        q, x_scale = quantize_input(x2, module.input_scale, fp8=False)
+        y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, module.weight_scale, module.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], module.out_features)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
     acc = torch._int_mm(q, module.weight_codes.t())[:m]
     x_scale = x_scale[:m]

@@ -1,0 +1,68 @@
+"""The fused W8A8 int8 GEMM (kernels/triton_int8_mm.py) against the exact integer reference.
+
+Runs on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``), in a fresh process when
+Triton was imported compiled-mode before this module (see test_kernels_triton.py for why). The
+int32 accumulator is exact on both sides and the epilogue is the same float32 arithmetic in the
+same order (``acc · s_x · s_w + bias``), so float32 outputs are compared for equality; bfloat16
+outputs within one bfloat16 step of them.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not TRITON_PREIMPORTED:  # never flip the mode under modules already compiled-mode
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+interpreted = pytest.mark.skipif(TRITON_PREIMPORTED, reason="Triton imported compiled-mode; see the fresh-process test")
+
+
+def reference(q, w, xs, ws, bias, dtype):
+    """int64 product (exact), then the reference epilogue (kernels/reference_w8a8.scale_output)."""
+    acc = (q.long() @ w.long().t())
+    assert acc.abs().max() < 2**31
+    y = acc.to(torch.int32).float() * xs.float().reshape(-1, 1) * ws.float().reshape(1, -1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(dtype)
+
+
+@interpreted
+@pytest.mark.parametrize("M,N,K,with_bias,dtype", [
+    (37, 45, 70, True, torch.float32),     # every dimension crosses a tile edge
+    (64, 64, 96, False, torch.float32),
+    (5, 96, 64, True, torch.bfloat16),
+])
+def test_fused_int8_gemm_equals_the_integer_reference(M, N, K, with_bias, dtype):
+    from lowbit.kernels.triton_int8_mm import int8_mm_scaled
+
+    g = torch.Generator().manual_seed(M * 1000 + N)
+    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    xs = torch.rand(M, 1, generator=g) * 0.02 + 1e-3
+    ws = torch.rand(N, 1, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(N, generator=g) if with_bias else None
+    y = int8_mm_scaled(q, w, xs, ws, bias, dtype)
+    assert y.dtype == dtype and y.shape == (M, N)
+    if dtype == torch.float32:
+        assert torch.equal(y, reference(q, w, xs, ws, bias, dtype))
+    else:
+        # The interpreter emulates the float32 -> bfloat16 cast by truncation (the GPU rounds to
+        # nearest even): either way within one bfloat16 step (2^-7 relative) of the exact float32.
+        exact = reference(q, w, xs, ws, bias, torch.float32)
+        assert ((y.float() - exact).abs() <= exact.abs() * 2**-7).all()
+
+
+@pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")
+def test_fused_int8_gemm_in_fresh_process():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
