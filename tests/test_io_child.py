@@ -24,7 +24,15 @@ def run(job: dict) -> dict:
     with torch.no_grad():
         logits = model(ref["ids"]).logits
     return {"dir": job["dir"], "max_abs_diff": (logits - ref["logits"]).abs().max().item(),
-            "ref_max_abs": ref["logits"].abs().max().item()}
+            "ref_max_abs": ref["logits"].abs().max().item(), "ppl": next_token_ppl(logits, ref["ids"])}
+
+
+def next_token_ppl(logits, ids) -> float:
+    """Perplexity of ``ids (n, seq)`` under ``logits (n, seq, vocab)``, every window's next tokens."""
+    import torch
+
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(), ids[:, 1:].flatten())
+    return float(torch.exp(nll))
 
 
 def main(path: str) -> None:
