@@ -132,10 +132,11 @@ class Verdict:
 
 
 def check(layers: list[Layer], fmt: str) -> list[Verdict]:
-    """Every rule that reads ``fmt``, and whether it serves all ``layers``."""
+    """Every rule that reads ``fmt`` and codes of the layers' kinds, and whether it serves all ``layers``."""
+    kinds = {layer.spec.kind for layer in layers}
     verdicts = []
     for rule in RULES:
-        if fmt not in rule.formats:
+        if fmt not in rule.formats or not kinds & set(rule.kinds):
             continue
         reason = next((r for r in (rule.why_not(layer) for layer in layers) if r), None)
         verdicts.append(Verdict(rule.engine, rule.kernel, rule.device(), reason is None, reason))
