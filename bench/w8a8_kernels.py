@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 bench/w8a8_kernels.py --out $OUT          # H100: the table
     PYTHONPATH=src python3 bench/w8a8_kernels.py --device cpu --dry  # smoke check, small shapes
+    ... --tiles $OUT/w8a8_tile_winners.json  # int8 TMA tiles from bench/w8a8_tile_sweep.py
 
 For each weight shape K×N (4096×14336, 8192×28672) and batch M (1, 16, 64, 256, 1024, 4096):
 - ``bf16``: ``F.linear(x, W)``, the baseline;
@@ -189,6 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="small shapes and batches (smoke check)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=None)
+    ap.add_argument("--tiles", type=Path, default=None,
+                    help="w8a8_tile_winners.json from bench/w8a8_tile_sweep.py: run with those TMA tiles")
     ap.add_argument("--no-triton", action="store_true",
                     help="PyTorch ops for activation quantization and the int8 epilogue (no Triton kernels)")
     a = ap.parse_args(argv)
@@ -206,6 +209,15 @@ def main(argv=None) -> int:
     elif device.type == "cuda":
         from lowbit.kernels import cuda_w8a8
         notes.append(f"triton kernels: {'yes' if cuda_w8a8._triton() is not None else 'no (import failed)'}")
+        if cuda_w8a8._triton() is not None:
+            from lowbit.kernels import triton_int8_mm
+            if a.tiles is not None and a.tiles.exists():
+                fields = set(triton_int8_mm.Tiles.__dataclass_fields__)
+                for bucket, w in json.loads(a.tiles.read_text()).items():
+                    triton_int8_mm.TMA_TILES[int(bucket)] = triton_int8_mm.Tiles(
+                        **{k: v for k, v in w.items() if k in fields})
+            notes.append("int8 TMA tiles per M bucket: " + json.dumps(
+                {b: vars(t) for b, t in sorted(triton_int8_mm.TMA_TILES.items())}))
     for n in notes:
         log(n)
     rows = []

@@ -60,6 +60,42 @@ def test_fused_int8_gemm_equals_the_integer_reference(M, N, K, with_bias, dtype)
         assert ((y.float() - exact).abs() <= exact.abs() * 2**-7).all()
 
 
+@interpreted
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_split_tail_launch_equals_the_integer_reference(with_bias):
+    """Full-width tiles for the columns of the full waves, half-width tiles for the rest, in one
+    launch: every output element is written once and equals the reference. A 3-SM "device" makes
+    the 2×5 tiles of 32×32 (3 full waves and one tile) split into 4 full-width columns of tiles
+    and a half-width tail."""
+    from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma, main_columns
+
+    M, N, K = 37, 160, 80
+    tiles = Tiles(32, 32, 32, 1, 4, split_tail=True)
+    assert main_columns(M, N, tiles, sms=3) == 128
+    g = torch.Generator().manual_seed(7)
+    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(N, generator=g) if with_bias else None
+    out = torch.full((M, N), float("nan"))  # poisoned: an unwritten element fails the comparison
+    y = int8_mm_tma(q, w, xs, ws, bias, out, tiles, sms=3)
+    assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
+
+
+def test_split_tail_keeps_whole_waves_of_full_width_tiles():
+    """M = 1024 on N = 14336 with 128×256 tiles is 448 tiles, 3.4 waves of 132 SMs: the 49 whole
+    columns of tiles in the 3 full waves stay full width, the last 7 (1792 columns) go half
+    width. Without the flag, or when the tiles fill whole waves, nothing is split."""
+    from lowbit.kernels.triton_int8_mm import Tiles, main_columns
+
+    split = Tiles(128, 256, 128, 4, 8, split_tail=True)
+    assert main_columns(1024, 14336, split, sms=132) == 49 * 256
+    assert main_columns(1024, 14336, Tiles(128, 256, 128, 4, 8), sms=132) == 14336
+    assert main_columns(1056, 256 * 12, split, sms=132) == 256 * 12  # 108 tiles: under one wave, no gain
+    assert main_columns(128 * 11, 256 * 12, split, sms=132) == 256 * 12  # 132 tiles: one whole wave
+
+
 @pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")
 def test_fused_int8_gemm_in_fresh_process():
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -2,7 +2,8 @@
 passes over memory) by one pass.
 
 - ``quantize_rows``: per-token (or static) activation quantization, int8 or E4M3: one program
-  per row reads it once for the absmax and once to write the codes. The arithmetic is
+  per row; a row of up to 4096 values is read once and kept in registers, a longer one is read
+  once for the absmax and once to write the codes. The arithmetic is
   kernels/activations.py's (an IEEE division ``x / scale`` in float32, round half to even, clamp;
   E4M3 by the saturating round-to-nearest-even conversion), so the codes equal PyTorch's.
 - ``scale_int32``: the int8 GEMM's epilogue, ``acc · s_x · s_wᵀ (+ bias)`` from int32 to the
@@ -19,31 +20,46 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 @triton.jit
+def _codes(x, scale, FP8: tl.constexpr):
+    y = tl.math.div_rn(x, scale)
+    if FP8:
+        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    else:
+        q = tl.minimum(tl.maximum(libdevice.rint(y), -128.0), 127.0).to(tl.int8)
+    return q
+
+
+@triton.jit
 def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
                    DIVISOR: tl.constexpr, STATIC: tl.constexpr, FP8: tl.constexpr, TINY: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    live = row < M  # rows past M are padding for the GEMM: zero codes
+    k_read = tl.where(row < M, K, 0)  # rows past M are padding for the GEMM: read nothing, zero codes
     offs = tl.arange(0, BLOCK)
-    if STATIC:
-        scale = tl.load(static_ptr).to(tl.float32)
-    else:
-        amax = tl.zeros([BLOCK], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK):
-            x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=(k0 + offs < K) & live, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.maximum(tl.max(amax, axis=0) / DIVISOR, TINY)
-    tl.store(s_ptr + row, scale)
-    for k0 in range(0, K, BLOCK):
-        mask = k0 + offs < K
-        x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=mask & live, other=0.0).to(tl.float32)
-        y = tl.math.div_rn(x, scale)
-        if FP8:
-            y = tl.minimum(tl.maximum(y, -448.0), 448.0)
-            q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    if ONE_BLOCK:  # the row fits one block: read it once and keep it in registers
+        mask = offs < K
+        x = tl.load(x_ptr + row * stride_x + offs, mask=offs < k_read, other=0.0).to(tl.float32)
+        if STATIC:
+            scale = tl.load(static_ptr).to(tl.float32)
         else:
-            q = tl.minimum(tl.maximum(libdevice.rint(y), -128.0), 127.0).to(tl.int8)
-        tl.store(q_ptr + row * stride_q + k0 + offs, q, mask=mask)
+            scale = tl.maximum(tl.max(tl.abs(x), axis=0) / DIVISOR, TINY)
+        tl.store(s_ptr + row, scale)
+        tl.store(q_ptr + row * stride_q + offs, _codes(x, scale, FP8), mask=mask)
+    else:
+        if STATIC:
+            scale = tl.load(static_ptr).to(tl.float32)
+        else:
+            amax = tl.zeros([BLOCK], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK):
+                x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=k0 + offs < k_read, other=0.0)
+                amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+            scale = tl.maximum(tl.max(amax, axis=0) / DIVISOR, TINY)
+        tl.store(s_ptr + row, scale)
+        for k0 in range(0, K, BLOCK):
+            mask = k0 + offs < K
+            x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=k0 + offs < k_read, other=0.0).to(tl.float32)
+            tl.store(q_ptr + row * stride_q + k0 + offs, _codes(x, scale, FP8), mask=mask)
 
 
 def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None):
@@ -58,7 +74,8 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool,
     ptr = static_scale.float() if static else scale
     block = min(4096, triton.next_power_of_2(K))
     _quantize_rows[(rows,)](x, q, scale, ptr, M, K, x.stride(0), q.stride(0), DIVISOR=448.0 if fp8 else 127.5,
-                         STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+                         STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block,
+                         ONE_BLOCK=K <= block, num_warps=8 if block >= 2048 else 4)
     return q, scale
 
 

@@ -14,56 +14,189 @@ layout 8-bit MMAs want). ``x_scale (M,)``, ``w_scale (N,)`` float32. The accumul
 (|codes| ≤ 127, K < 2^17 keeps it inside int32) and the epilogue is the reference's arithmetic in
 float32, ``acc · s_x · s_w (+ bias)``, in the same order, so results equal the reference's.
 
-Tiles are autotuned per (M bucket, N, K) the first time a shape is seen; call once outside a
-CUDA graph capture (the benchmark's warm-up does) before capturing.
+Two kernels, one arithmetic:
+- ``_int8_mm_tma`` (compute capability 9.0+, K a multiple of 16): tiles arrive through the
+  bulk tensor copy engine (host-side TMA descriptors), which frees the warps from address
+  arithmetic (the layer at M = 256 on 4096×14336 went from 43.7 to 36.4 µs on an H100). Tile shapes come from a
+  table per M bucket measured on an H100 (``TMA_TILES``). When the last wave of full-width tiles
+  would leave many SMs idle (M = 1024 on N = 14336: 448 tiles of 128×256 on 132 SMs is 3.4
+  waves, run as 4), the columns past the last full wave are done in half-width tiles in the same
+  launch, so the tail costs half a wave instead of a whole one.
+- ``_int8_mm_ptr``: pointer loads, autotuned per (M bucket, N, K); older GPUs and odd K. Call
+  once outside a CUDA graph capture (the benchmark's warm-up does) before capturing.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-# Hopper-friendly tiles (128-wide K steps feed the s8 MMA; 3-4 stages fit shared memory) plus
-# narrower ones for M of a few hundred, where 128×256 tiles leave most SMs idle.
-_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=5, num_warps=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 256, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 256, "GROUP_M": 8}, num_stages=3, num_warps=4),
-]
-if os.environ.get("TRITON_INTERPRET") == "1":
-    # The interpreter runs every config when tuning: one small tile keeps CPU tests quick and
-    # still crosses tile edges on small shapes.
-    _CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2})]
+try:  # host-side TMA descriptors (Triton ≥ 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer kernel only
+    TensorDescriptor = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """One launch shape of the TMA kernel: tile sizes, pipeline depth, warps, and whether the
+    last partial wave runs in half-width tiles (``split_tail``)."""
+    block_m: int
+    block_n: int
+    block_k: int
+    stages: int
+    warps: int
+    split_tail: bool = False
+    group_m: int = 8
+
+
+# Per M bucket (the next power of two ≥ M), the tiles from that bucket up. Measured on an H100
+# (bench/w8a8_tile_sweep.py: CUDA graphs, weights rotated out of L2): on 4096×14336 at M = 256,
+# 1024 and 4096 these beat 128×128 and 64×256 tiles, 3 stages and Triton's warp specialization
+# (bench/results/w8a8-tile-sweep.md).
+TMA_TILES = {128: Tiles(128, 256, 128, 4, 8, split_tail=True)}
+INTERPRET_TILES = Tiles(32, 32, 32, 1, 4)
 
 
 def _m_bucket(M: int) -> int:
     return 1 << max(M - 1, 0).bit_length()
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K"])
 @triton.jit
-def _int8_mm_scaled(q_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, M_BUCKET,
-                    stride_qm, stride_wn, stride_om, HAS_BIAS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr):
+def _tile_coords(tile, n_m, n_n, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M row tiles share each column tile while it is in L2.
-    pid = tl.program_id(0)
-    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * n_n
-    first_m = (pid // per_group) * GROUP_M
+    first_m = (tile // per_group) * GROUP_M
     rows_in_group = min(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_in_group
-    pid_n = (pid % per_group) // rows_in_group
+    pid_m = first_m + (tile % per_group) % rows_in_group
+    pid_n = (tile % per_group) // rows_in_group
+    return pid_m, pid_n
 
+
+@triton.jit
+def _store_scaled(acc, offs_m, offs_n, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om,
+                  HAS_BIAS: tl.constexpr):
+    rm = tl.where(offs_m < M, offs_m, 0)  # clamped: scale loads stay in bounds, stores are masked
+    rn = tl.where(offs_n < N, offs_n, 0)
+    y = acc.to(tl.float32) * tl.load(xs_ptr + rm)[:, None] * tl.load(ws_ptr + rn)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn).to(tl.float32)[None, :]
+    out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, off_m, off_n,
+              HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in tl.range(0, tl.cdiv(K, BLOCK_K)):  # the descriptors zero-fill past K, M and N: no masks
+        a = q_desc.load([off_m, k * BLOCK_K])
+        b = w_desc.load([off_n, k * BLOCK_K])
+        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+    _store_scaled(acc, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N), xs_ptr, ws_ptr, bias_ptr,
+                  out_ptr, M, N, stride_om, HAS_BIAS)
+
+
+@triton.jit
+def _int8_mm_tma(q_desc, w_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, N_MAIN, stride_om,
+                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr, SPLIT_TAIL: tl.constexpr):
+    # Programs [0, main) take BLOCK_N-wide tiles of columns [0, N_MAIN); with SPLIT_TAIL the rest
+    # take half-width tiles of [N_MAIN, N).
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_main = tl.cdiv(N_MAIN, BLOCK_N)
+    if not SPLIT_TAIL:
+        pid_m, pid_n = _tile_coords(pid, n_m, n_main, GROUP_M)
+        _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, pid_m * BLOCK_M,
+                  pid_n * BLOCK_N, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K)
+    elif pid < n_m * n_main:
+        pid_m, pid_n = _tile_coords(pid, n_m, n_main, GROUP_M)
+        _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, pid_m * BLOCK_M,
+                  pid_n * BLOCK_N, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        pid_m, pid_n = _tile_coords(pid - n_m * n_main, n_m, tl.cdiv(N - N_MAIN, BLOCK_N // 2), GROUP_M)
+        _tma_tile(q_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, pid_m * BLOCK_M,
+                  N_MAIN + pid_n * (BLOCK_N // 2), HAS_BIAS, BLOCK_M, BLOCK_N // 2, BLOCK_K)
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def main_columns(M: int, N: int, tiles: Tiles, sms: int) -> int:
+    """Columns done in full-width tiles; the rest go to half-width tiles. With ``split_tail``,
+    when the tiles fill at least one wave (a wave is ``sms`` tiles) and end in a partial one, the
+    full-width part is the whole columns of tiles that fit in the full waves."""
+    n_m, n_n = triton.cdiv(M, tiles.block_m), triton.cdiv(N, tiles.block_n)
+    full_waves = n_m * n_n // sms
+    if not tiles.split_tail or full_waves == 0 or (n_m * n_n) % sms == 0:
+        return N
+    return min(N, full_waves * sms // n_m * tiles.block_n)
+
+
+def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:
+    """Hopper or newer, and rows the copy engine can address (16-byte aligned)."""
+    if TensorDescriptor is None:
+        return False
+    if not INTERPRET and (q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) < (9, 0)):
+        return False
+    return all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (q, w))
+
+
+def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None) -> torch.Tensor:
+    """TMA kernel with ``tiles``; ``sms`` (default: the device's SM count) sizes a wave."""
+    M, K = q.shape
+    N = w.shape[0]
+    n_main = main_columns(M, N, tiles, sms or _sm_count(q.device))
+    q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
+    w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
+    w_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n // 2, tiles.block_k])
+    n_m = triton.cdiv(M, tiles.block_m)
+    grid = (n_m * triton.cdiv(n_main, tiles.block_n) + n_m * triton.cdiv(N - n_main, tiles.block_n // 2),)
+    _int8_mm_tma[grid](q_desc, w_desc, w_half_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, n_main,
+                       out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+                       BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_TAIL=n_main < N,
+                       num_stages=tiles.stages, num_warps=tiles.warps)
+    return out
+
+
+def tma_tiles_for(M: int) -> Tiles:
+    if INTERPRET:
+        return INTERPRET_TILES
+    bucket = _m_bucket(M)
+    return TMA_TILES[max((b for b in TMA_TILES if b <= bucket), default=min(TMA_TILES))]
+
+
+# ---------------------------------------------------------------- pointer loads (pre-Hopper)
+
+_PTR_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=5, num_warps=4),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
+]
+if INTERPRET:
+    # The interpreter runs every config when tuning: one small tile keeps CPU tests quick and
+    # still crosses tile edges on small shapes.
+    _PTR_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2})]
+
+
+@triton.jit
+def _int8_mm_ptr_kernel(q_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, M_BUCKET,
+                        stride_qm, stride_wn, stride_om, HAS_BIAS: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -79,30 +212,36 @@ def _int8_mm_scaled(q_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, M_
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         q_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
+    _store_scaled(acc, offs_m, offs_n, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS)
 
-    xs = tl.load(xs_ptr + rm)
-    ws = tl.load(ws_ptr + rn)
-    y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + rn).to(tl.float32)[None, :]
-    out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+_int8_mm_ptr = triton.autotune(configs=_PTR_CONFIGS, key=["M_BUCKET", "N", "K"])(_int8_mm_ptr_kernel)
+
+
+def int8_mm_ptr(q, w, xs, ws, bias, out, config: dict | None = None) -> torch.Tensor:
+    """Pointer-load kernel; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps) skips tuning."""
+    M, K = q.shape
+    N = w.shape[0]
+    kernel = _int8_mm_ptr if config is None else _int8_mm_ptr_kernel
+    meta = config or {}
+
+    def grid(m):
+        return (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]),)
+
+    kernel[grid](q, w, xs, ws, bias if bias is not None else xs, out, M, N, K, _m_bucket(M), q.stride(0),
+                 w.stride(0), out.stride(0), HAS_BIAS=bias is not None, **meta)
+    return out
 
 
 def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
                    bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """``(q @ wᵀ) · x_scale · w_scaleᵀ (+ bias)`` in ``dtype``: ``q (M, K)``, ``w (N, K)`` int8;
     ``x_scale`` ``M`` values, ``w_scale`` ``N`` values (any shape holding them)."""
-    M, K = q.shape
-    N = w.shape[0]
+    M = q.shape[0]
     q, w = q.contiguous(), w.contiguous()
     xs = x_scale.reshape(-1).float().contiguous()
     ws = w_scale.reshape(-1).float().contiguous()
-    out = torch.empty(M, N, device=q.device, dtype=dtype)
-
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-    _int8_mm_scaled[grid](q, w, xs, ws, bias if bias is not None else xs, out, M, N, K, _m_bucket(M),
-                          q.stride(0), w.stride(0), out.stride(0), HAS_BIAS=bias is not None)
-    return out
+    out = torch.empty(M, w.shape[0], device=q.device, dtype=dtype)
+    if tma_supported(q, w):
+        return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(M))
+    return int8_mm_ptr(q, w, xs, ws, bias, out)

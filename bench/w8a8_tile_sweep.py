@@ -1,0 +1,198 @@
+"""Tile sweep of lowbit's fused W8A8 int8 GEMM (kernels/triton_int8_mm.py) on one GPU: which
+launch shape to put in ``TMA_TILES`` for each M bucket (issue 8).
+
+    PYTHONPATH=src python3 bench/w8a8_tile_sweep.py --out $OUT
+    PYTHONPATH=src python3 bench/w8a8_tile_sweep.py --shapes 4096x14336 --batches 256,1024
+
+Conditions are bench/w8a8_kernels.py's: CUDA graphs, weights rotated over enough copies that
+they stream from HBM, median of 7 replays. For each weight shape and M it times bf16
+``F.linear``, the activation-quantization pre-pass alone, and for every candidate the GEMM alone
+(``gemm``) and pre-pass + GEMM (``layer``, what the W8A8 layer runs). Each candidate is first
+checked against ``torch._int_mm`` (exact int32) followed by the same float32 epilogue: the
+outputs must be equal. A candidate that fails to compile or to match is reported, not timed.
+Writes ``<out>/w8a8_tile_sweep.json``, ``<out>/w8a8_tile_winners.json`` (per M bucket, the
+candidate with the best worst-case layer speedup; ``bench/w8a8_kernels.py --tiles`` runs the
+table with them) and prints, per shape and M, the candidates by layer time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import graph_us  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+L2_ROTATE_BYTES = 192 << 20
+
+
+def candidates():
+    from lowbit.kernels.triton_int8_mm import Tiles
+
+    tma = [Tiles(128, 256, 128, 4, 8), Tiles(128, 256, 128, 3, 8), Tiles(128, 256, 64, 6, 8),
+           Tiles(128, 256, 128, 4, 8, split_tail=True), Tiles(128, 256, 128, 3, 8, split_tail=True),
+           Tiles(128, 128, 128, 4, 8), Tiles(128, 128, 128, 5, 4),
+           Tiles(64, 256, 128, 4, 4), Tiles(64, 128, 128, 6, 4), Tiles(256, 128, 128, 3, 8)]
+    out = [("ptr 128x256x128 s4 w8", ("ptr", dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8,
+                                                     num_stages=4, num_warps=8)))]
+    for t in tma:
+        name = (f"tma {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}"
+                + (" tail" if t.split_tail else ""))
+        out.append((name, ("tma", t)))
+    return out
+
+
+def gemm_fn(kind, cfg):
+    from lowbit.kernels import triton_int8_mm as mm
+
+    def run(q, w, xs, ws):
+        out = torch.empty(q.shape[0], w.shape[0], device=q.device, dtype=torch.bfloat16)
+        if kind == "ptr":
+            return mm.int8_mm_ptr(q, w, xs, ws, None, out, cfg)
+        return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg)
+    return run
+
+
+def reference(q, w, xs, ws):
+    acc = torch._int_mm(q, w.t())
+    return (acc.float() * xs[:, None] * ws[None, :]).to(torch.bfloat16)
+
+
+def winners(rows, cands) -> dict:
+    """Per M bucket of ``TMA_TILES``, the TMA candidate whose worst layer speedup over the
+    swept weight shapes is best (a candidate must have run on every shape at that M)."""
+    from lowbit.kernels.triton_int8_mm import _m_bucket
+
+    by_name = dict(cands)
+    shapes = {(r["K"], r["N"]) for r in rows}
+    best = {}
+    for M in sorted({r["M"] for r in rows}):
+        worst = {}
+        for r in rows:
+            if r["M"] == M and "layer_speedup" in r and by_name[r["candidate"]][0] == "tma":
+                worst.setdefault(r["candidate"], []).append(r["layer_speedup"])
+        full = {c: min(v) for c, v in worst.items() if len(v) == len(shapes)}
+        if full:
+            name = max(full, key=full.get)
+            best[_m_bucket(M)] = {"candidate": name, "worst_speedup": full[name], **vars(by_name[name][1])}
+    return best
+
+
+@torch.no_grad()
+def sweep_shape(K, N, batches, cands, rows, log):
+    from lowbit.kernels.triton_act_quant import quantize_rows
+
+    dev = torch.device("cuda")
+    copies = max(1, min(4, math.ceil(L2_ROTATE_BYTES / (K * N))))
+    g = torch.Generator(device=dev).manual_seed(K + N)
+    w8 = [torch.randint(-127, 128, (N, K), generator=g, device=dev, dtype=torch.int8) for _ in range(copies)]
+    ws = [torch.rand(N, generator=g, device=dev) * 1e-3 + 1e-4 for _ in range(copies)]
+    wb = [(torch.randn(N, K, generator=g, device=dev) * 0.02).bfloat16() for _ in range(copies)]
+    for M in batches:
+        x = torch.randn(M, K, generator=g, device=dev).bfloat16()
+        base = {"K": K, "N": N, "M": M}
+        bf16 = graph_us([lambda w=w: F.linear(x, w) for w in wb], 50.0)
+        quant = graph_us([lambda: quantize_rows(x, None, False)], 5.0)
+        q, xs = quantize_rows(x, None, False)
+        xs = xs.reshape(-1)
+        ref = reference(q, w8[0], xs, ws[0])
+        log(f"{K}x{N} M={M}: bf16 {bf16:.1f} us, quantize_rows {quant:.1f} us")
+        for name, (kind, cfg) in cands:
+            row = {**base, "candidate": name, "bf16_us": bf16, "quant_us": quant}
+            fn = gemm_fn(kind, cfg)
+            try:
+                y = fn(q, w8[0], xs, ws[0])
+                torch.cuda.synchronize()
+                row["equal"] = bool(torch.equal(y, ref))
+                row["max_abs_diff"] = float((y.float() - ref.float()).abs().max())
+                if row["equal"]:
+                    row["gemm_us"] = graph_us([lambda w=w, s=s: fn(q, w, xs, s) for w, s in zip(w8, ws)], 50.0)
+
+                    def layer(w, s):
+                        qq, ss = quantize_rows(x, None, False)
+                        return fn(qq, w, ss.reshape(-1), s)
+                    row["layer_us"] = graph_us([lambda w=w, s=s: layer(w, s) for w, s in zip(w8, ws)], 50.0)
+                    row["layer_speedup"] = bf16 / row["layer_us"]
+            except Exception as e:  # a candidate this Triton cannot build: report it, go on
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                if "CUDA error" in str(e) or "illegal" in str(e).lower():
+                    raise
+            rows.append(row)
+            log(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
+                            if k not in base and k not in ("bf16_us", "quant_us")}))
+    del w8, ws, wb
+    torch.cuda.empty_cache()
+
+
+def summary(rows, top):
+    lines = ["| K×N | M | bf16 µs | quant µs | candidate | gemm µs | layer µs | ×bf16 |", "|---|---|---|---|---|---|---|---|"]
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["K"], r["N"], r["M"]), []).append(r)
+    for (K, N, M), rs in keyed.items():
+        ok = sorted([r for r in rs if "layer_us" in r], key=lambda r: r["layer_us"])
+        for r in ok[:top]:
+            lines.append(f"| {K}×{N} | {M} | {r['bf16_us']:.1f} | {r['quant_us']:.1f} | {r['candidate']} | "
+                         f"{r['gemm_us']:.1f} | {r['layer_us']:.1f} | {r['layer_speedup']:.2f}× |")
+        bad = [r["candidate"] + (" (error)" if "error" in r else " (not equal)") for r in rs if "layer_us" not in r]
+        if bad:
+            lines.append(f"| {K}×{N} | {M} | | | skipped: {', '.join(bad)} | | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    ap.add_argument("--shapes", default="4096x14336,8192x28672")
+    ap.add_argument("--batches", default="256,1024,4096")
+    ap.add_argument("--top", type=int, default=5, help="candidates per (shape, M) in the printed table")
+    ap.add_argument("--pick", default=None, help="comma-separated indices into the candidate list (default: all)")
+    ap.add_argument("--deadline", type=float, default=1e9, help="seconds after which no new shape starts")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("needs a CUDA device")
+    a.out.mkdir(parents=True, exist_ok=True)
+    logf = open(a.out / "w8a8_tile_sweep.log", "w")
+
+    def log(s):
+        print(s, flush=True)
+        logf.write(s + "\n")
+        logf.flush()
+    import triton
+    log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
+    cands = candidates()
+    if a.pick:
+        cands = [cands[int(i)] for i in a.pick.split(",")]
+    rows: list[dict] = []
+    t0 = time.time()
+    for shape in a.shapes.split(","):
+        if time.time() - t0 > a.deadline:
+            log(f"deadline: {shape} not swept")
+            break
+        K, N = (int(v) for v in shape.split("x"))
+        try:
+            sweep_shape(K, N, [int(v) for v in a.batches.split(",")], cands, rows, log)
+        except Exception:
+            log(traceback.format_exc()[-2000:])
+        (a.out / "w8a8_tile_sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(),
+                                                                 "rows": rows}, indent=1) + "\n")
+    log(f"sweep took {time.time() - t0:.0f} s")
+    best = winners(rows, cands)
+    (a.out / "w8a8_tile_winners.json").write_text(json.dumps(best, indent=1) + "\n")
+    log("winners per M bucket: " + json.dumps({b: w["candidate"] for b, w in best.items()}))
+    log(summary(rows, a.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
