@@ -165,8 +165,11 @@ def test_calibration_memory_options_reach_the_plan(model_dir, tmp_path):
             "--seqlen", "32", "--calib-batch", "2", "--out", str(out), "--dry-run"]
     r = CliRunner().invoke(main, base)
     assert r.exit_code == 0, r.output
-    assert "batches of 2" in r.output and "replayed outputs" in r.output
-    r = CliRunner().invoke(main, base + ["--replay-memory", "0"])
+    assert "batches of 2" in r.output and "replayed outputs" not in r.output  # the fast walk replays nothing
+    r = CliRunner().invoke(main, base + ["--true-sequential"])
+    assert r.exit_code == 0, r.output
+    assert "replayed outputs" in r.output
+    r = CliRunner().invoke(main, base + ["--true-sequential", "--replay-memory", "0"])
     assert r.exit_code == 0, r.output
     assert "replayed outputs" not in r.output
     r = CliRunner().invoke(main, base + ["--calib-batch", "0"])

@@ -65,7 +65,8 @@ def test_gptq_pipeline_beats_rtn_on_every_architecture(arch_name):
     with torch.no_grad():
         ref = base(calib).logits
     model = copy.deepcopy(base)
-    report = quantize_model(model, gptq_recipe(), calib=calib, progress=False, batch_size=6)
+    report = quantize_model(model, gptq_recipe(), calib=calib, progress=False, batch_size=6,
+                            true_sequential=True)  # the fast walk: test_w8_gptq_without_true_sequential_...
     targets = find_targets(base, gptq_recipe())
     assert sorted(r["name"] for r in report.layers) == sorted(t.name for t in targets)
     assert all(isinstance(get_module(model, t.name), QuantLinear) for t in targets)
@@ -202,8 +203,10 @@ def test_replayed_outputs_give_the_same_checkpoint_as_recomputing(arch_name, mon
 
     monkeypatch.setattr("lowbit.pipeline.sequential.ReplayOutputs", Recording)
     a, b = copy.deepcopy(base), copy.deepcopy(base)
-    quantize_model(a, gptq_recipe(), calib=calib, progress=False, batch_size=4, replay_memory=0)
-    quantize_model(b, gptq_recipe(), calib=calib, progress=False, batch_size=4, replay_memory=2**30)
+    quantize_model(a, gptq_recipe(), calib=calib, progress=False, batch_size=4, replay_memory=0,
+                   true_sequential=True)
+    quantize_model(b, gptq_recipe(), calib=calib, progress=False, batch_size=4, replay_memory=2**30,
+                   true_sequential=True)
     assert stores[0].hits == 0 and stores[1].hits > 0 and stores[1].misses == 0
     modules = dict(b.named_modules())
     assert not any(type(m).__name__ == "_Replayed" for m in modules.values())

@@ -75,8 +75,12 @@ def _slug(source: str) -> str:
 @click.option("--calib-batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Calibration windows per block forward; fewer use less memory (same result up to "
                    "float summation order).")
+@click.option("--true-sequential", is_flag=True,
+              help="Calibrate each block in dependency order (q/k/v, then o on the quantized q/k/v's "
+                   "outputs, ...) instead of all its linears in one pass on the float block; slower, "
+                   "same quality on SmolLM2 (docs/GPTQ-DOMAIN.md).")
 @click.option("--replay-memory", type=click.FloatRange(min=0), default=None,
-              help="GiB a true-sequential GPTQ walk may keep of a block's finished outputs to skip "
+              help="GiB a --true-sequential walk may keep of a block's finished outputs to skip "
                    "recomputing them (same result, faster) [default: 0.5 on a CPU, 0 on a GPU].")
 @click.option("--out", type=click.Path(), help="Output directory [default: ./lowbit-out/<model>-<recipe>].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
@@ -93,7 +97,8 @@ def _slug(source: str) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the plan (peak memory, estimated time) and stop.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, observer, calib, n_samples,
-             seqlen, calib_batch, replay_memory, out, overwrite, fmt, eval_text, eval_windows, resume_dir, dry_run, quiet):
+             seqlen, calib_batch, true_sequential, replay_memory, out, overwrite, fmt, eval_text, eval_windows,
+             resume_dir, dry_run, quiet):
     """Quantize MODEL (a Hugging Face id, a local directory, a .gguf file or builtin:smollm2-135m,
     the default) and save it; evaluate before/after unless --eval none."""
     from .io import check_output_dir, save
@@ -121,7 +126,7 @@ def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, ob
     replay_bytes = None if replay_memory is None else int(replay_memory * 2 ** 30)
     plan = plan_quantization(float_model, recipe, n_calib, calib_len, resume=calib_ids is not None,
                              keep_reference=eval_text != "none", batch_size=calib_batch,
-                             replay_memory=replay_bytes)
+                             true_sequential=true_sequential, replay_memory=replay_bytes)
     click.echo("\n".join(plan.lines()))
     from .io.deploy import layers_of_plan, planned_format
     planned = layers_of_plan(float_model, recipe)
@@ -141,7 +146,7 @@ def quantize(model, preset, recipe_file, method, bits, group_size, sym, clip, ob
         resume_dir = Path(resume_dir or out.with_name(out.name + ".partial"))
         report = quantize_model(qmodel, recipe, calib=calib_ids, progress=progress,
                                 resume_dir=resume_dir, source=model, batch_size=calib_batch,
-                                replay_memory=replay_bytes)
+                                true_sequential=true_sequential, replay_memory=replay_bytes)
     else:
         report = quantize_model(qmodel, recipe, progress=progress)
     quant_s = time.perf_counter() - start

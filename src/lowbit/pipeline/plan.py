@@ -133,7 +133,7 @@ def stages_of(arch, true_sequential: bool) -> list[tuple[tuple[str, ...], ...]]:
 @torch.no_grad()
 def plan_quantization(
     model: nn.Module, recipe: Recipe, windows: int, seqlen: int, *, device=None, batch_size: int = 16,
-    true_sequential: bool = True, offload_hidden: bool = False, resume: bool = False,
+    true_sequential: bool = False, offload_hidden: bool = False, resume: bool = False,
     keep_reference: bool = False, measure: bool = True, replay_memory: int | None = None,
 ) -> Plan:
     """Peak memory and time of ``quantize_with_calibration`` with ``windows`` calibration windows

@@ -33,10 +33,12 @@ def build_recipe(
             base = load_preset(preset)
         else:
             # No preset, file or method: GPTQ W4 g64 (issue 4; it beats RTN on lee-512, see
-            # docs/GPTQ-DOMAIN.md), calibrated on --calib.
+            # docs/GPTQ-DOMAIN.md), calibrated on --calib. The preset of the asked width is the
+            # base where there is one: its settings (GPTQ's dampening) were chosen for that width.
             method = method or DEFAULT_METHOD
-            base = load_preset(f"w4a16-{method}") if f"w4a16-{method}" in preset_names() \
-                else Recipe(FormatSpec(), _steps_for(method), name=method)
+            name = f"w{bits or 4}a16-{method}"
+            base = load_preset(name) if name in preset_names() else load_preset(f"w4a16-{method}") \
+                if f"w4a16-{method}" in preset_names() else Recipe(FormatSpec(), _steps_for(method), name=method)
         if method and [s.to_dict()["method"] for s in base.steps] != _step_methods(method):
             base = Recipe(base.format, _steps_for(method), base.ignore, base.overrides,
                           activations=base.activations)
