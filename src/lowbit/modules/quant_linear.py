@@ -6,8 +6,9 @@ exporters are a renaming, not a conversion; ``weight_zero`` holds unsigned integ
 
 Codes are integers on a uniform grid or indices into a table of levels (NF4, FP4): the spec's
 kind decides how they dequantize (``formats.dequantize``), not this module. Double-quantized
-formats store ``weight_scale`` as int8 codes with ``weight_scale_scale`` (float32, one per 256
-block scales) and ``weight_scale_offset`` (float32, one); ``block_scale()`` decodes them.
+formats store ``weight_scale`` as int8 codes (bitsandbytes' 8-bit dynamic map, index - 128) with
+``weight_scale_scale`` (float32, one per 256 block scales) and ``weight_scale_offset`` (float32,
+one); ``block_scale()`` decodes them.
 MXFP4 stores ``weight_scale`` as uint8 E8M0 exponents, NVFP4 as ``float8_e4m3fn`` beside
 ``weight_global_scale`` (float32, one): compressed-tensors' names and dtypes
 (``formats/microscaling.py``).
