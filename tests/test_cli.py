@@ -172,6 +172,9 @@ def test_calibration_memory_options_reach_the_plan(model_dir, tmp_path):
     r = CliRunner().invoke(main, base + ["--true-sequential", "--replay-memory", "0"])
     assert r.exit_code == 0, r.output
     assert "replayed outputs" not in r.output
+    no_batch = [a for i, a in enumerate(base) if a != "--calib-batch" and base[i - 1] != "--calib-batch"]
+    r = CliRunner().invoke(main, no_batch)
+    assert r.exit_code == 0 and "batches of 4" in r.output, r.output  # the CPU default
     r = CliRunner().invoke(main, base + ["--calib-batch", "0"])
     assert r.exit_code != 0 and "--calib-batch" in r.output and not out.exists()
 

@@ -72,9 +72,9 @@ def _slug(source: str) -> str:
               help="Calibration text for methods that need it: builtin:pydoc, a .txt/.jsonl file, hf:wikitext2, ...")
 @click.option("--n-samples", default=128, show_default=True, help="Calibration windows.")
 @click.option("--seqlen", default=512, show_default=True, help="Tokens per calibration/evaluation window.")
-@click.option("--calib-batch", default=16, show_default=True, type=click.IntRange(min=1),
+@click.option("--calib-batch", default=None, type=click.IntRange(min=1),
               help="Calibration windows per block forward; fewer use less memory (same result up to "
-                   "float summation order).")
+                   "float summation order) [default: 4 on a CPU, 16 on a GPU].")
 @click.option("--true-sequential", is_flag=True,
               help="Calibrate each block in dependency order (q/k/v, then o on the quantized q/k/v's "
                    "outputs, ...) instead of all its linears in one pass on the float block; slower, "

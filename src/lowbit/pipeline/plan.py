@@ -36,6 +36,7 @@ from ..arch import arch_for, blocks_of, get_module
 from ..formats import FormatSpec, packed_width
 from ..quantize import find_targets
 from ..recipes import Recipe
+from .capture import default_batch_size
 from .replay import default_replay_memory, replay_bytes
 
 GIB = 1024 ** 3
@@ -132,7 +133,7 @@ def stages_of(arch, true_sequential: bool) -> list[tuple[tuple[str, ...], ...]]:
 
 @torch.no_grad()
 def plan_quantization(
-    model: nn.Module, recipe: Recipe, windows: int, seqlen: int, *, device=None, batch_size: int = 16,
+    model: nn.Module, recipe: Recipe, windows: int, seqlen: int, *, device=None, batch_size: int | None = None,
     true_sequential: bool = False, offload_hidden: bool = False, resume: bool = False,
     keep_reference: bool = False, measure: bool = True, replay_memory: int | None = None,
 ) -> Plan:
@@ -148,6 +149,8 @@ def plan_quantization(
     device = torch.device(device) if device is not None else home
     if not recipe.needs_calibration:
         return _plan_without_calibration(model, recipe, arch, len(blocks), keep_reference, measure)
+    if batch_size is None:
+        batch_size = default_batch_size(device)
     e = next(model.parameters()).element_size()
     d = get_module(model, arch.embeddings[0]).weight.shape[1]
     tokens = windows * seqlen

@@ -46,7 +46,7 @@ from ..formats import FormatError
 from ..kernels.dispatch import tuning_paused
 from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
-from .capture import calibration_batches, capture_block_inputs, run_block, to_hidden_device
+from .capture import calibration_batches, capture_block_inputs, default_batch_size, run_block, to_hidden_device
 from .hessians import collect_hessians
 from .host_allocator import reuse_freed_host_memory
 from .replay import ReplayOutputs, default_replay_memory
@@ -57,7 +57,7 @@ from .transforms import BlockContext, block_transform_for
 
 @torch.no_grad()
 def quantize_with_calibration(
-    model: nn.Module, recipe: Recipe, calib, *, device=None, batch_size: int = 16,
+    model: nn.Module, recipe: Recipe, calib, *, device=None, batch_size: int | None = None,
     true_sequential: bool = False, offload_hidden: bool = False, progress: bool = True,
     resume_dir=None, source: str | None = None, replay_memory: int | None = None,
 ) -> QuantizationReport:
@@ -85,6 +85,8 @@ def quantize_with_calibration(
     model.eval()
     start = time.perf_counter()
     report = QuantizationReport(recipe.to_dict(), arch.name)
+    if batch_size is None:
+        batch_size = default_batch_size(device)
     batches = calibration_batches(calib, batch_size)
     resume = None
     if resume_dir is not None:
