@@ -123,8 +123,8 @@ def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool 
         # Static input scales, once the weights are final (pipeline/act_stats.py).
         from .pipeline.act_stats import calibrate_input_scales
         start = time.perf_counter()
-        report.inputs = calibrate_input_scales(model, calib, recipe.activations,
-                                               pipeline_options.get("batch_size", 8), progress)
+        batch_size = pipeline_options.get("batch_size") or 8  # None: the caller left it to us
+        report.inputs = calibrate_input_scales(model, calib, recipe.activations, batch_size, progress)
         report.seconds = round(report.seconds + time.perf_counter() - start, 3)
     return report
 

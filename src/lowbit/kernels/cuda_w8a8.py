@@ -62,6 +62,19 @@ def int_mm_supports(module) -> bool:
     return module.in_features % 8 == 0 and module.out_features % 8 == 0
 
 
+def float32_weight_scale(module) -> torch.Tensor:
+    """``module.weight_scale`` as the float32 vector the fused GEMM reads, converted once and kept
+    until the buffer changes (its version counter or storage): converting per call is one more
+    kernel launch per layer, a few µs against the 40 µs GEMM of a 4096×14336 layer at M = 256."""
+    w = module.weight_scale
+    key = (w.data_ptr(), w._version, w.dtype)
+    cached = getattr(module, "_weight_scale_f32", None)
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().reshape(-1).float().contiguous())
+        module._weight_scale_f32 = cached
+    return cached[1]
+
+
 @register_kernel("cuda", "w8a8_int8")
 def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     if not int_mm_supports(module):
@@ -71,7 +84,8 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     mods = _triton_modules()
     if mods is not None and m >= FUSED_MIN_M:
         q, x_scale = quantize_input(x2, module.input_scale, fp8=False)
-        y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, module.weight_scale, module.bias, x.dtype)
+        y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, float32_weight_scale(module), module.bias,
+                                   x.dtype)
         return y.reshape(*x.shape[:-1], module.out_features)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
     acc = torch._int_mm(q, module.weight_codes.t())[:m]
