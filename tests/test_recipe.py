@@ -185,4 +185,8 @@ def test_no_preset_file_or_method_means_gptq_w4_g64():
     assert build_recipe() == load_preset("w4a16-gptq")
     assert build_recipe(bits=3).format == FormatSpec(bits=3, sym=False, group_size=64)
     assert build_recipe(bits=3).method == "gptq"
+    # A width with its own preset starts from it: its dampening was chosen for that width.
+    assert build_recipe(bits=3) == load_preset("w3a16-gptq") and build_recipe(bits=3).rounder.damp == 1.0
+    assert build_recipe().rounder.damp == 2.0
+    assert build_recipe(bits=2).format.bits == 2 and build_recipe(bits=2).method == "gptq"  # no w2 GPTQ preset
     assert build_recipe(method="rtn") == load_preset("w4a16-rtn")
