@@ -10,13 +10,7 @@ GPU benchmark checks them instead (``fp8_codes_equal`` in bench/w8a8_kernels.py)
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not TRITON_PREIMPORTED:  # never flip the mode under modules already compiled-mode
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_interpret import TRITON_PREIMPORTED, run_in_fresh_process  # first: it sets the mode
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -63,7 +57,4 @@ def test_int8_codes_and_scales_equal_the_pytorch_path(numpy_rint, K, static):
 
 @pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")
 def test_act_quant_in_fresh_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-                       env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    run_in_fresh_process(__file__)

@@ -8,13 +8,7 @@ outputs within one bfloat16 step of them.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not TRITON_PREIMPORTED:  # never flip the mode under modules already compiled-mode
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_interpret import TRITON_PREIMPORTED, run_in_fresh_process  # first: it sets the mode
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -98,7 +92,4 @@ def test_split_tail_keeps_whole_waves_of_full_width_tiles():
 
 @pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")
 def test_fused_int8_gemm_in_fresh_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-                       env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    run_in_fresh_process(__file__)
