@@ -82,9 +82,9 @@ def double_quantize(scale: torch.Tensor) -> DoubleQuantized:
     centred = _padded_blocks(a - offset)
     dq_scale = centred.abs().amax(-1).clamp_min(_TINY)
     table = DYNAMIC_MAP.to(scale.device)
-    normalized = (centred / dq_scale.unsqueeze(-1)).reshape(-1, 1)
+    normalized = (centred / dq_scale.unsqueeze(-1)).reshape(-1)
     # Nearest entry by the midpoints of the sorted map (no (n, 256) distance matrix).
-    index = torch.bucketize(normalized.reshape(-1), (table[1:] + table[:-1]) / 2)
+    index = torch.bucketize(normalized, (table[1:] + table[:-1]) / 2)
     codes = (index - _INDEX_BIAS)[: a.numel()].reshape(scale.shape).to(torch.int8)
     return DoubleQuantized(codes, dq_scale, offset)
 
