@@ -251,3 +251,26 @@ def test_replay_keeps_within_its_budget_and_drops_inner_outputs():
     block.self_attn.q_proj(x)
     assert small.used == 0 and small.hits == 0
     small.release(block)
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gpt2", "phi3"])
+def test_quantized_blocks_on_weights_dequantized_once_compute_exactly_what_their_layers_compute(arch_name):
+    from lowbit.pipeline.dense_pass import dequantized_once
+
+    model = tiny_models.build(arch_name)
+    arch = arch_for(model)
+    quantize_model(model, Recipe(format=W4, steps=(RTNConfig(),)), progress=False)
+    inputs = capture_block_inputs(model, arch, calibration_batches(tiny_models.input_ids(batch=3, seqlen=16), 2))
+    block = blocks_of(model, arch)[1]
+    layers = [m for m in block.modules() if isinstance(m, QuantLinear)]
+    assert layers
+    with torch.no_grad():
+        plain = [run_block(block, h, *inputs.call(b, 1)) for b, h in enumerate(inputs.hidden)]
+        calls = []
+        for m in layers:  # each layer dequantizes once for both batches
+            m.dequantized_weight = (lambda f: lambda *a: calls.append(1) or f(*a))(m.dequantized_weight)
+        with dequantized_once(block):
+            dense = [run_block(block, h, *inputs.call(b, 1)) for b, h in enumerate(inputs.hidden)]
+    assert len(calls) == len(layers)
+    assert all(torch.equal(a, b) for a, b in zip(plain, dense))
+    assert all("forward" not in vars(m) for m in layers)

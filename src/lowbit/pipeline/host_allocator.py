@@ -69,3 +69,13 @@ def reuse_freed_host_memory(enabled: bool = True):
                 libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP)
                 libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
                 libc.malloc_trim(0)
+
+
+def give_back_free_heap() -> None:
+    """Return the heap's free pages to the system now (``malloc_trim``), keeping the settings.
+    Between blocks of a CPU walk: freed activations are reused within a block's passes, but
+    sizes differ from block to block often enough that free chunks pile up between them
+    (measured on SmolLM2, 128 x 512 calibration tokens: 0.10 GiB of free heap after 8 blocks)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

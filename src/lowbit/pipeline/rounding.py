@@ -66,8 +66,9 @@ def _finish(name, w, qw, module, spec, H, seconds, chunk, activations=None):
     deq = qw.dequantize(torch.float32)
     row = {**qw.stats, "name": name, "shape": list(w.shape), "format": spec.label(),
            "weight_mse": (deq - w.float()).pow(2).mean().item(), "seconds": round(seconds, 4)}
-    if H is not None:
-        # Per layer, not per stacked call: mean squared output error on the calibration inputs.
+    if H is not None and (len(chunk) > 1 or "proxy_err_rel" not in qw.stats):
+        # Per layer, not per stacked call: mean squared output error on the calibration inputs
+        # (a rounder that had one layer's H already measured it).
         err, ref = output_error(w, deq, H), output_error(w, torch.zeros_like(deq), H)
         row.update(proxy_err=err, proxy_err_rel=err / ref if ref > 0 else 0.0)
     if len(chunk) > 1:

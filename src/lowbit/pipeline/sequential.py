@@ -47,8 +47,10 @@ from ..kernels.dispatch import tuning_paused
 from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
 from .capture import calibration_batches, capture_block_inputs, default_batch_size, run_block, to_hidden_device
+from .dense_pass import dequantized_once
 from .hessians import collect_hessians
-from .host_allocator import reuse_freed_host_memory
+from .host_allocator import give_back_free_heap, reuse_freed_host_memory
+from .host_pages import release_file_backed
 from .replay import ReplayOutputs, default_replay_memory
 from .resume import ResumeDir, fingerprint
 from .rounding import round_group
@@ -117,6 +119,9 @@ def quantize_with_calibration(
             block = blocks[i]
             rows_before = len(report.layers)
             steps_before = len(report.steps)
+            # The block's weights as loaded: those the walk replaces (by quantized layers, or by
+            # copies on the device) are given back below.
+            loaded = [p.data for p in block.parameters()]
             block.to(device)
             todo = list(wanted.get(i, ()))
             next_hidden = None
@@ -144,14 +149,21 @@ def quantize_with_calibration(
                 if next_hidden is not None:
                     inputs.hidden = next_hidden
                 elif i + 1 < len(blocks):
-                    for b, hidden in enumerate(inputs.hidden):
-                        args, kwargs = inputs.call(b, i)
-                        replay.set_batch(b)
-                        out = run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
-                        inputs.hidden[b] = to_hidden_device(out, hidden_device)
+                    with dequantized_once(block, enabled=device.type == "cpu"):
+                        for b, hidden in enumerate(inputs.hidden):
+                            args, kwargs = inputs.call(b, i)
+                            replay.set_batch(b)
+                            out = run_block(block, hidden.to(device, non_blocking=True), args, kwargs)
+                            inputs.hidden[b] = to_hidden_device(out, hidden_device)
             finally:
                 replay.release(block)
             block.to(home)
+            # Replaced weights are never read again; if they are pages of the model file's
+            # memory map, nothing else would make them non-resident (host_pages.py).
+            release_file_backed(loaded, keep=[*model.parameters(), *model.buffers()])
+            del loaded
+            if device.type == "cpu":
+                give_back_free_heap()
             if resume is not None:
                 # Transform rows ride along with the layer rows ("step" tells them apart).
                 resume.save_block(i, block, {p: get_module(block, p) for p in wanted.get(i, ())},
@@ -196,7 +208,8 @@ def _round_stage(block, i, groups, recipe, arch, report) -> None:
 
 
 def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay) -> None:
-    accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d, on_batch=replay.set_batch)
+    with dequantized_once(block, enabled=device.type == "cpu"):  # true-sequential: parts already rounded
+        accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d, on_batch=replay.set_batch)
     prefix = f"{arch.blocks}.{i}."
     for paths, acc in zip(groups, accs):
         modules = {prefix + p: get_module(block, p) for p in paths}
