@@ -22,6 +22,7 @@ A variant is a preset with edits of its last step and pipeline switches (``varia
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -37,6 +38,25 @@ PART_BYTES = 48 * 2**20
 
 # Pipeline switches a variant may name besides fields of its last step.
 SWITCHES = {"fast": {"true_sequential": False}}
+# Behaviours a variant may switch back to, for side-by-side comparisons: ``+clamp`` makes AWQ
+# clip the weights in place before GPTQ too (GPTQ then neither sees nor compensates the clipping
+# error), as lowbit did before GPTQ took AWQ's ranges.
+BEHAVIOURS = ("clamp",)
+
+
+@contextlib.contextmanager
+def behaviour(names: list[str]):
+    from dataclasses import replace
+
+    from lowbit.algorithms.registry import ROUNDERS, rounder_for
+
+    saved = rounder_for("gptq")
+    if "clamp" in names:
+        ROUNDERS["gptq"] = replace(saved, takes_ranges=False)
+    try:
+        yield
+    finally:
+        ROUNDERS["gptq"] = saved
 
 
 def prepare(out: Path) -> None:
@@ -88,20 +108,23 @@ def wiki_text() -> str:
 def variant(name: str):
     """``PRESET[+FIELD=VALUE|+SWITCH]...``: the preset with fields of its last step set (VALUE is
     JSON: ``+damp=1``, ``+clip=null``, ``+act_order=false``) and pipeline switches (``+fast``: no
-    true-sequential walk)."""
+    true-sequential walk; ``+clamp``: see BEHAVIOURS)."""
     from lowbit.recipes import Recipe, load_preset
 
     preset_name, *edits = name.split("+")
     d = load_preset(preset_name).to_dict()
-    options = {}
+    options, behaviours = {}, []
     for edit in edits:
         if edit in SWITCHES:
             options.update(SWITCHES[edit])
             continue
+        if edit in BEHAVIOURS:
+            behaviours.append(edit)
+            continue
         field, value = edit.split("=", 1)
         d["steps"][-1][field] = json.loads(value)
     d["name"] = name
-    return Recipe.from_dict(d), options
+    return Recipe.from_dict(d), options, behaviours
 
 
 def run(data: Path, names: list[str], out: Path) -> None:
@@ -126,13 +149,14 @@ def run(data: Path, names: list[str], out: Path) -> None:
     rows = [{"variant": "fp", **{f"ppl_{t}": base[t].ppl for t in texts}}]
     print("fp: " + ", ".join(f"PPL {t} {base[t].ppl:.4f}" for t in texts), flush=True)
     for name in names:
-        recipe, options = variant(name)
+        recipe, options, behaviours = variant(name)
         model = copy.deepcopy(fp_cpu)
         start = time.perf_counter()
-        if recipe.needs_calibration:
-            lowbit.quantize_model(model, recipe, calib=tokens["calib"], progress=False, device="cuda", **options)
-        else:
-            lowbit.quantize_model(model.cuda(), recipe, progress=False)
+        with behaviour(behaviours):
+            if recipe.needs_calibration:
+                lowbit.quantize_model(model, recipe, calib=tokens["calib"], progress=False, device="cuda", **options)
+            else:
+                lowbit.quantize_model(model.cuda(), recipe, progress=False)
         quant_s = time.perf_counter() - start
         model.cuda().eval()
         row = {"variant": name, "quant_s": round(quant_s, 1), "recipe": recipe.to_dict(), "options": options}

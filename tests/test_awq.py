@@ -348,3 +348,34 @@ def test_method_flags_build_the_awq_recipes():
     assert r.method == "awq+rtn" and r.format.bits == 3
     assert build_recipe(preset="w4a16-rtn", method="awq-gptq").method == "awq+gptq"
     assert load_preset("w3a16-awq-gptq").format.bits == 3
+
+
+@pytest.mark.parametrize("rounder", ["rtn", "gptq"])
+def test_clipped_ranges_go_to_gptq_and_clip_the_weights_for_rtn(rounder, monkeypatch):
+    """Before GPTQ (a rounder that takes ranges) AWQ leaves the weights unclipped and hands the
+    clipped copy over as ``range_weight``; before RTN it clamps them in place."""
+    from lowbit.algorithms import registry
+
+    name = {"rtn": "w4a16-awq", "gptq": "w4a16-awq-gptq"}[rounder]
+    entry = registry.rounder_for(rounder)
+    seen = []
+
+    def recording(w, spec, config, stats=None, **kw):
+        seen.append((w.clone(), kw.get("range_weight")))
+        return entry.fn(w, spec, config, stats, **kw)
+    monkeypatch.setitem(registry.ROUNDERS, rounder, replace(entry, fn=recording))
+    model = tiny_models.build("llama")
+    quantize_model(model, tiny_recipe(name), calib=tiny_models.input_ids(batch=8, seqlen=32, seed=5),
+                   progress=False, batch_size=8)
+    assert seen
+    for w, r in seen:
+        if rounder == "rtn":
+            assert r is None
+        else:  # every group's range is the clipped copy's, and some weights lie outside it
+            assert r is not None and r.shape == w.shape
+            rb, wb = r.reshape(r.shape[0], -1, 32), w.reshape(w.shape[0], -1, 32)
+            assert (rb.amax(-1) <= wb.amax(-1)).all() and (rb.amin(-1) >= wb.amin(-1)).all()
+    if rounder == "gptq":
+        assert any((r != w).any() for w, r in seen)
+    # Nothing of the hand-over stays on the model.
+    assert not any(hasattr(m, "_lowbit_range_weight") for m in model.modules())

@@ -200,3 +200,48 @@ def test_scale_dtype_follows_the_weight():
     qw = gptq(W, hessian_of(x), FormatSpec(bits=4, group_size=32))
     assert qw.scale.dtype == torch.bfloat16
     assert output_error(W, qw.dequantize(), hessian_of(x)) == pytest.approx(qw.stats["proxy_err"])
+
+
+@pytest.mark.parametrize("width", [130, 200, 576, 1000])
+def test_hessian_upper_triangle_blocks_match_float64_at_widths_that_leave_a_thin_last_block(width):
+    x = correlated_inputs(256, width, seed=7)
+    acc = HessianAccumulator(width)
+    for chunk in torch.split(x, [100, 156]):
+        acc.add_batch(chunk)
+    ref = 2 * x.double().t() @ x.double() / 256
+    H = acc.hessian().double()
+    assert torch.equal(H, H.t())  # mirrored exactly
+    torch.testing.assert_close(H, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def clipped_to_ratio(W: torch.Tensor, spec: FormatSpec, ratio: float) -> torch.Tensor:
+    """``W`` with every group clamped to ``ratio`` of its [min, max] (what AWQ's clip search does)."""
+    blocks = W.reshape(W.shape[0], -1, spec.group_size)
+    lo, hi = blocks.amin(-1, keepdim=True) * ratio, blocks.amax(-1, keepdim=True) * ratio
+    return torch.maximum(torch.minimum(blocks, hi), lo).reshape(W.shape)
+
+
+def test_a_range_weight_fixes_the_group_ranges_and_its_clipping_error_is_compensated():
+    spec = FormatSpec(bits=3, sym=False, group_size=32)
+    x = correlated_inputs(1024, 128, seed=5)
+    H = hessian_of(x)
+    W = weights(48, 128, seed=6)
+    W[:, ::17] *= 6  # outlier weights that a clip search would cut
+    R = clipped_to_ratio(W, spec, 0.7)
+    params = GPTQParams(act_order=True, static_groups=True)
+    ranged = gptq(W, H, spec, params, range_weight=R)
+    # The groups' scale and zero are those of the clipped weights (RTN's min-max of R) ...
+    ref = rtn(R, spec)
+    assert torch.equal(ranged.scale, ref.scale) and torch.equal(ranged.zero, ref.zero)
+    # ... while the target stays W: rounding the clamped copy instead (what clipping in place
+    # did) leaves the clipping error uncompensated, so its output error against W is larger.
+    clamped = gptq(R, H, spec, params)
+    err = lambda q: output_error(W, q.dequantize(torch.float32), H)
+    assert err(ranged) < 0.9 * err(clamped)
+    # A range weight equal to W changes nothing; without static groups it becomes the target.
+    same = gptq(W, H, spec, params, range_weight=W.clone())
+    assert torch.equal(same.codes, gptq(W, H, spec, params).codes)
+    dynamic = GPTQParams(act_order=False, static_groups=False)
+    assert torch.equal(gptq(W, H, spec, dynamic, range_weight=R).codes, gptq(R, H, spec, dynamic).codes)
+    with pytest.raises(Exception, match="range weight shape"):
+        gptq(W, H, spec, params, range_weight=R[:, :64])

@@ -211,8 +211,12 @@ def _inverse_cholesky(work: list, damp: float, retries: int, name: str):
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams = GPTQParams(),
-         name: str = "weight") -> QuantizedWeight:
+         name: str = "weight", range_weight: torch.Tensor | None = None) -> QuantizedWeight:
     """Quantize ``W (out, in)`` given ``H (in, in)``; returns codes, scale, zero and stats.
+
+    ``range_weight`` (W's shape): take the static group ranges from it instead of W, e.g. AWQ's
+    clipped weights, so that the clipping error is compensated like any rounding error. Dynamic
+    groups are set from the updated columns, so without static groups W is replaced by it.
 
     Stats: ``proxy_err`` (mean ‖(W − Ŵ)x‖² under the undamped H), ``proxy_err_rel`` (over
     mean ‖Wx‖²), ``damp`` (the dampening that worked), ``dead_inputs`` and ``seconds``.
@@ -229,6 +233,12 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
         raise InputError(f"{name}: {spec.label()} needs every block scale before rounding: use "
                          f"static groups (static_groups or act_order)")
     group = spec.group_size if spec.group_size > 0 else in_f
+    static = spec.group_size < 0 or params.static_groups or params.act_order
+    if range_weight is not None:
+        if range_weight.shape != W.shape:
+            raise InputError(f"{name}: range weight shape {tuple(range_weight.shape)} is not {tuple(W.shape)}")
+        if not static:
+            W, range_weight = range_weight, None
     # Double-quantized scales decode to float32 whatever the weight's dtype.
     dtype = torch.float32 if spec.double_quant else scale_dtype(spec, W.dtype)
     with fp32_highest(), _one_thread_on_cpu(W.device):
@@ -242,13 +252,16 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: FormatSpec, params: GPTQParams 
 
         # Static params (per-channel, or groups fixed up front) come from the weights before any
         # error has been pushed into them; dynamic groups are set when their first column comes.
-        static = spec.group_size < 0 or params.static_groups or params.act_order
+        R = W
+        if range_weight is not None:
+            R = range_weight.detach().float().clone()
+            R[:, dead] = 0
         n_groups = in_f // group
         scale = torch.empty(out_f, n_groups, dtype=dtype, device=W.device)
         zero = None if spec.sym else torch.empty(out_f, n_groups, dtype=torch.int32, device=W.device)
-        global_scale = tensor_global_scale(W, spec) if spec.is_lookup else None
+        global_scale = tensor_global_scale(R, spec) if spec.is_lookup else None
         if static:
-            s, z = _group_params(W, spec, dtype, params.clip, global_scale)
+            s, z = _group_params(R, spec, dtype, params.clip, global_scale)
             scale.copy_(s)
             if zero is not None:
                 zero.copy_(z)

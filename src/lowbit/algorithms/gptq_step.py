@@ -54,9 +54,9 @@ class GPTQConfig(GPTQParams):
         return cls(**d)
 
 
-@register_rounder("gptq", GPTQConfig, needs_calibration=True)
+@register_rounder("gptq", GPTQConfig, needs_calibration=True, takes_ranges=True)
 def apply_gptq(w: torch.Tensor, spec: FormatSpec, config: GPTQConfig, hessian=None,
-               name: str = "weight") -> QuantizedWeight:
+               name: str = "weight", range_weight: torch.Tensor | None = None) -> QuantizedWeight:
     if hessian is None:
         raise InputError(f"{name}: GPTQ needs the Hessian of the layer's inputs (calibration data)")
-    return gptq(w, hessian, spec, config, name=name)
+    return gptq(w, hessian, spec, config, name=name, range_weight=range_weight)

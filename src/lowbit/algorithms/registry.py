@@ -3,6 +3,11 @@
 A rounder is ``fn(W (out, in), spec, config, stats_in) -> QuantizedWeight``; ``stats_in`` is what
 the pipeline collected for that layer (None for calibration-free rounders). Adding a method is
 one ``register_rounder`` call: no mode strings are checked anywhere else.
+
+A rounder that ``takes_ranges`` also accepts ``range_weight=`` (same shape as W): its group
+ranges are those of ``range_weight`` (an earlier step's clipped weights) while it rounds W
+itself, so it can compensate the clipping error too (GPTQ); for any other rounder that step
+clips W in place.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ class RounderEntry:
     config_type: type
     fn: Callable[..., Any]
     needs_calibration: bool = False
+    takes_ranges: bool = False
 
 
-def register_rounder(method: str, config_type: type, needs_calibration: bool = False):
+def register_rounder(method: str, config_type: type, needs_calibration: bool = False,
+                     takes_ranges: bool = False):
     def wrap(fn):
-        ROUNDERS[method] = RounderEntry(method, config_type, fn, needs_calibration)
+        ROUNDERS[method] = RounderEntry(method, config_type, fn, needs_calibration, takes_ranges)
         return fn
     return wrap
 

@@ -16,7 +16,9 @@ the number of tokens).
 Order, as the paper's code does it: every group's scale is searched and folded in table order
 (q/k/v, v → o, gate/up, up → down), then every block's range is searched on the final scaled
 weights. Groups whose feeder cannot absorb a scale (``none``) are reported as skipped and only
-get the clipping search.
+get the clipping search. The chosen ranges clip the weights in place, except before a rounder
+that compensates rounding error (GPTQ, ``takes_ranges``): it gets the clipped weights' ranges
+and rounds the unclipped ones, so their clipping error is compensated too.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ import torch
 from ..algorithms.awq import expand, fake_quantize, gram_loss, search_clip, search_scales
 from ..algorithms.awq_step import AWQConfig
 from ..algorithms.gptq import fp32_highest
+from ..algorithms.registry import rounder_for
 from ..arch import LinearGroup, get_module
 from ..quantize import linear_weight
 from .capture import run_block, to_hidden_device
 from .folding import channel_tie, fold_scale
 from .hessians import linear_in_features
+from .rounding import RANGE_WEIGHT
 from .transforms import BlockContext, TransformResult, register_block_transform
 
 SKIP_NONE = ("the op feeding these linears cannot absorb a scale (feeder kind 'none': non-linear, "
@@ -161,13 +165,17 @@ def _clip_group(step: AWQConfig, ctx: BlockContext, g: LinearGroup, gram: torch.
     if s_in is not None:
         gram = gram / (s_in.unsqueeze(1) * s_in.unsqueeze(0))
     linears = [p for p in g.linears if p in ctx.wanted]
+    takes_ranges = rounder_for(ctx.recipe.rounder.to_dict()["method"]).takes_ranges
     before, after, ratios = [], [], []
     for p in linears:
         w = linear_weight(get_module(ctx.block, p), ctx.arch.conv1d)
         spec = ctx.recipe.format_for(ctx.prefix + p)
         reference = w.detach().float().clone()
         clipped, ratio, _, _ = search_clip(w.detach(), gram, spec, step.clip)
-        w.copy_(clipped)
+        if takes_ranges:  # the rounder rounds the unclipped weights within the chosen ranges
+            setattr(get_module(ctx.block, p), RANGE_WEIGHT, clipped)
+        else:
+            w.copy_(clipped)
         # Full output error of the rounded weights against the unclipped float ones (the
         # search's own loss ignores the error shared between blocks of a row).
         f = row_scale.get(p, torch.ones(w.shape[0], device=reference.device)).unsqueeze(1)

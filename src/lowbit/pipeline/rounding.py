@@ -20,6 +20,11 @@ from ..modules.factory import quantized_linear
 from ..quantize import linear_weight
 from ..recipes import Recipe
 
+# An earlier step (AWQ's clipping search) may leave on a linear the weights whose block ranges
+# the rounder should use, when the rounder ``takes_ranges`` (registry.py) and the linear's own
+# weight stays unclipped; only for the walk's current block, never saved.
+RANGE_WEIGHT = "_lowbit_range_weight"
+
 
 def split_rows(qw: QuantizedWeight, sizes: list[int]) -> list[QuantizedWeight]:
     """Cut a stacked result back into one QuantizedWeight per linear (block params are per row;
@@ -50,9 +55,13 @@ def round_group(modules: dict[str, nn.Module], recipe: Recipe, H: torch.Tensor |
         chunks = [names] if spec.group_size != 0 and not spec.double_quant else [[n] for n in names]
         for chunk in chunks:
             weights = [linear_weight(modules[n], conv1d).detach() for n in chunk]
+            ranges = [getattr(modules[n], RANGE_WEIGHT, None) for n in chunk]
+            extra = {}
+            if entry.takes_ranges and all(r is not None for r in ranges):
+                extra["range_weight"] = torch.cat(ranges) if len(ranges) > 1 else ranges[0]
             start = time.perf_counter()
             try:
-                qw = entry.fn(torch.cat(weights) if len(weights) > 1 else weights[0], spec, step, H)
+                qw = entry.fn(torch.cat(weights) if len(weights) > 1 else weights[0], spec, step, H, **extra)
             except LowbitError as e:
                 raise type(e)(f"{', '.join(chunk)}: {e}") from None
             seconds = (time.perf_counter() - start) / len(chunk)
