@@ -24,7 +24,10 @@ paper's code feeds the next block the same float outputs), so each block runs on
 A true-sequential walk keeps the outputs of the block's finished parts per batch (rounded q/k/v,
 then the whole attention) and replays them in the block's later passes (``replay.py``), within
 a memory budget, instead of recomputing them once per later stage. On a CPU the calibration also keeps
-freed activation memory for reuse (``host_allocator.py``).
+freed activation memory for reuse within a block (``host_allocator.py``), gives the free heap back
+between blocks, runs a rounded block's layers on weights dequantized once per pass
+(``dense_pass.py``), and drops the resident file pages of the float weights it replaced
+(``host_pages.py``): the walk's memory stays that of one block, not of the whole float model.
 
 With a ``resume_dir`` every finished block is checkpointed there (``resume.py``); the same call
 after a crash restores the finished blocks and continues with the first unfinished one.
