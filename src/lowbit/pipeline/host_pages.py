@@ -18,11 +18,12 @@ reference. Only Linux is handled; elsewhere this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 from typing import Iterable
 
 import torch
+
+from .host_allocator import c_library
 
 _MADV_DONTNEED = 4  # from <sys/mman.h> on Linux
 
@@ -44,11 +45,7 @@ def _file_mappings() -> list[tuple[int, int]]:
 
 
 def _madvise():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    fn = getattr(libc, "madvise", None)
+    fn = getattr(c_library(), "madvise", None)
     if fn is not None:
         fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         fn.restype = ctypes.c_int
