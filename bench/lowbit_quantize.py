@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     if a.recipe == "fp":
         meta.update(quant_s=None, size_mb=round(model_size_mb(model), 3))
     else:
-        recipe = BY_NAME[a.recipe].recipe()
+        bench_recipe = BY_NAME[a.recipe]
+        recipe = bench_recipe.recipe()
         calib = None
         if recipe.needs_calibration:
             # The calibration protocol of shared/BENCHMARK.md (pydoc-128x512), made before the clock.
@@ -68,12 +69,15 @@ def main(argv=None) -> int:
             from lowbit.data.windows import calibration_windows
             calib = calibration_windows(tokenizer, load_text("builtin:pydoc"), 128, 512)
         start, cpu_start = time.perf_counter(), time.process_time()
-        report = lowbit.quantize_model(model, recipe, calib=calib, progress=False) if calib is not None \
+        report = lowbit.quantize_model(model, recipe, calib=calib, progress=False,
+                                       **bench_recipe.pipeline_options()) if calib is not None \
             else lowbit.quantize_model(model, recipe, progress=False)
         meta["quant_s"] = round(time.perf_counter() - start, 3)
         # CPU seconds too: on a shared machine the wall clock also measures the neighbours.
         meta["quant_cpu_s"] = round(time.process_time() - cpu_start, 3)
         meta["peak_rss_quant_gib"] = round(peak_rss_gib(), 3)
+        if report.calibration_dtype:
+            meta["calibration_dtype"] = report.calibration_dtype
         meta["clip_ratio_mean"] = _mean([r.get("clip_ratio_mean") for r in report.layers])
         if report.steps:  # transforms' statistics (AWQ: alpha, clip ratios, loss before/after)
             meta["steps"] = report.steps

@@ -18,6 +18,10 @@ class BenchRecipe:
     clip: bool | None = None  # None: the preset's own choice
     observer: str | None = None  # static activation recipes: None keeps the preset's observer
     sym: bool | None = None  # None: the preset's own choice
+    calibration_dtype: str | None = None  # None: the walk's default ("auto")
+
+    def pipeline_options(self) -> dict:
+        return {} if self.calibration_dtype is None else {"calibration_dtype": self.calibration_dtype}
 
     def recipe(self) -> Recipe:
         if self.clip is None and self.observer is None and self.sym is None:
@@ -49,6 +53,10 @@ LOWBIT_RECIPES += [
     BenchRecipe("w3a16-gptq", "w3a16-gptq"),
     BenchRecipe("w4a16-gptq-sym", "w4a16-gptq", sym=True),
     BenchRecipe("w3a16-gptq-sym", "w3a16-gptq", sym=True),
+    # The walk's forwards in float32 instead of the default's bfloat16 (on CPUs with native
+    # bfloat16; pipeline/compute_dtype.py): same rounding, 4x slower matmuls.
+    BenchRecipe("w4a16-gptq-f32calib", "w4a16-gptq", calibration_dtype="float32"),
+    BenchRecipe("w3a16-gptq-f32calib", "w3a16-gptq", calibration_dtype="float32"),
 ]
 # AWQ (issue 5): AWQ + RTN, and AWQ + GPTQ at 4 and 3 bits; calibrated on pydoc-128x512.
 LOWBIT_RECIPES += [

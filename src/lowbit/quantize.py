@@ -36,9 +36,13 @@ class QuantizationReport:
     steps: list[dict] = field(default_factory=list)
     # Static activation quantization: the input scale calibrated for each layer.
     inputs: list[dict] = field(default_factory=list)
+    # What a calibration walk's block forwards computed in (pipeline/compute_dtype.py).
+    calibration_dtype: str | None = None
 
     def to_dict(self) -> dict:
         d = {"recipe": self.recipe, "arch": self.arch, "seconds": self.seconds, "layers": self.layers}
+        if self.calibration_dtype:
+            d["calibration_dtype"] = self.calibration_dtype
         if self.steps:
             d["steps"] = self.steps
         if self.inputs:

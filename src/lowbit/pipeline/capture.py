@@ -69,33 +69,37 @@ def calibration_batches(calib, batch_size: int) -> list[torch.Tensor]:
     return [b.long() for b in batches]
 
 
-def move(obj, device, memo: dict):
-    """``obj`` with every tensor inside (tuples, lists, dicts) on ``device``; a tensor seen twice
-    is moved once (``memo`` maps ``id`` to the original and its moved copy)."""
+def move(obj, device, memo: dict, dtype: torch.dtype | None = None):
+    """``obj`` with every tensor inside (tuples, lists, dicts) on ``device``, and every floating
+    one in ``dtype`` (None: as it is); a tensor seen twice is converted once (``memo`` maps ``id``
+    to the original and its converted copy)."""
     if isinstance(obj, torch.Tensor):
-        if obj.device == torch.device(device):
+        to_dtype = dtype if dtype is not None and obj.is_floating_point() else obj.dtype
+        if obj.device == torch.device(device) and obj.dtype == to_dtype:
             return obj
         seen = memo.get(id(obj))
         # The memo keeps the original alive: once a tensor is freed, Python may give its id to
         # a new one (the next batch's rotary table), which must not get the old copy.
         if seen is None or seen[0] is not obj:
-            seen = memo[id(obj)] = (obj, obj.to(device))
+            seen = memo[id(obj)] = (obj, obj.to(device, to_dtype))
         return seen[1]
     if isinstance(obj, tuple):
-        return tuple(move(o, device, memo) for o in obj)
+        return tuple(move(o, device, memo, dtype) for o in obj)
     if isinstance(obj, list):
-        return [move(o, device, memo) for o in obj]
+        return [move(o, device, memo, dtype) for o in obj]
     if isinstance(obj, dict):
-        return {k: move(v, device, memo) for k, v in obj.items()}
+        return {k: move(v, device, memo, dtype) for k, v in obj.items()}
     return obj
 
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, arch: ArchMap, batches: list[torch.Tensor],
-                         device=None, hidden_device=None) -> BlockInputs:
+                         device=None, hidden_device=None, dtype: torch.dtype | None = None) -> BlockInputs:
     """Run the model's front (embeddings, masks, rotary tables) on each batch and record the
     inputs of every block. Arguments go to ``device``, hidden states to ``hidden_device``
-    (default ``device``); None keeps them where the model made them."""
+    (default ``device``); None keeps them where the model made them. ``dtype``: what the hidden
+    states and floating arguments are kept in (None: as the model made them), converted batch by
+    batch so the model-dtype copy of all of them never exists at once."""
     blocks = blocks_of(model, arch)
     first_param = next(model.parameters())
     hidden: list[torch.Tensor] = []
@@ -106,8 +110,9 @@ def capture_block_inputs(model: nn.Module, arch: ArchMap, batches: list[torch.Te
         def forward(*args, **kwargs):
             h = args[0] if args else kwargs.pop("hidden_states")
             if index == 0:
-                hidden.append(to_hidden_device(h, hidden_device or device or h.device))
-            calls[-1].append(move((tuple(args[1:]), kwargs), device or h.device, memo))
+                hidden.append(to_hidden_device(h if dtype is None else h.to(dtype),
+                                               hidden_device or device or h.device))
+            calls[-1].append(move((tuple(args[1:]), kwargs), device or h.device, memo, dtype))
             if index == len(blocks) - 1:
                 raise _StopForward
             # The blocks after this one only need their arguments, which do not depend on the

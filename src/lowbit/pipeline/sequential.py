@@ -49,6 +49,7 @@ from ..formats import FormatError
 from ..kernels.dispatch import tuning_paused
 from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
+from . import compute_dtype
 from .capture import calibration_batches, capture_block_inputs, default_batch_size, run_block, to_hidden_device
 from .dense_pass import dequantized_once
 from .hessians import collect_hessians
@@ -65,6 +66,7 @@ def quantize_with_calibration(
     model: nn.Module, recipe: Recipe, calib, *, device=None, batch_size: int | None = None,
     true_sequential: bool = False, offload_hidden: bool = False, progress: bool = True,
     resume_dir=None, source: str | None = None, replay_memory: int | None = None,
+    calibration_dtype: str | torch.dtype | None = "auto",
 ) -> QuantizationReport:
     """Quantize ``model`` in place, block by block, with calibration token ids ``calib``
     (``(n, seq)`` or a list of 1-D tensors).
@@ -76,6 +78,8 @@ def quantize_with_calibration(
     model's name, joins the fingerprint that decides "same run"). The caller removes the
     directory once the result is saved (``remove_resume_dir``). ``replay_memory``: bytes the
     true-sequential walk may spend on replayed outputs (None: ``default_replay_memory``).
+    ``calibration_dtype``: what the block forwards compute in (``compute_dtype.resolve``:
+    ``auto`` is bfloat16 for a float32 model on a CPU with native bfloat16, else the model's).
     """
     arch = arch_for(model)
     targets = find_targets(model, recipe, arch)
@@ -93,23 +97,28 @@ def quantize_with_calibration(
     if batch_size is None:
         batch_size = default_batch_size(device)
     batches = calibration_batches(calib, batch_size)
+    transforms = recipe.steps[:-1]
+    calibrated_rounder = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
+    model_dtype = next(model.parameters()).dtype
+    compute = compute_dtype.resolve(calibration_dtype, model_dtype, device, calibrated_rounder, bool(transforms))
+    report.calibration_dtype = str(compute).removeprefix("torch.")
     resume = None
     if resume_dir is not None:
-        options = {"batch_size": batch_size, "true_sequential": true_sequential, "device": device.type}
+        options = {"batch_size": batch_size, "true_sequential": true_sequential, "device": device.type,
+                   "calibration_dtype": report.calibration_dtype}
         resume = ResumeDir(resume_dir, fingerprint(model, recipe.to_dict(), batches, options, source))
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(tuning_paused())
         stack.enter_context(reuse_freed_host_memory(device.type == "cpu"))
-        inputs = capture_block_inputs(model, arch, batches, device, hidden_device)
+        inputs = capture_block_inputs(model, arch, batches, device, hidden_device,
+                                      None if compute == model_dtype else compute)
         first = _restore_finished(resume, blocks, inputs, report, hidden_device)
         wanted: dict[int, list[str]] = {}
         for t in targets:
             wanted.setdefault(t.block, []).append(t.path)
         stages = [(g.linears,) for g in arch.groups] if true_sequential \
             else [tuple(g.linears for g in arch.groups)]
-        transforms = recipe.steps[:-1]
-        calibrated_rounder = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
         # Without a calibrated rounder the last transform's pass over the float block yields the
         # next block's inputs (see the module docstring).
         reuse_transform_outputs = bool(transforms) and not calibrated_rounder
@@ -126,6 +135,7 @@ def quantize_with_calibration(
             # copies on the device) are given back below.
             loaded = [p.data for p in block.parameters()]
             block.to(device)
+            cast = compute_dtype.BlockInDtype(block, compute) if compute != model_dtype else None
             todo = list(wanted.get(i, ()))
             next_hidden = None
             ctx = BlockContext(block, i, arch, inputs, device, recipe, tuple(todo), hidden_device)
@@ -143,12 +153,12 @@ def quantize_with_calibration(
                         if group:
                             groups.append(group)
                     if groups and calibrated_rounder:
-                        _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay)
+                        _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay, cast)
                         if k + 1 < len(stages):  # the last stage's outputs are computed once anyway
                             done = [p for p in wanted.get(i, ()) if p not in todo]
                             replay.keep(block, done, todo)
                     elif groups:
-                        _round_stage(block, i, groups, recipe, arch, report)
+                        _round_stage(block, i, groups, recipe, arch, report, cast)
                 if next_hidden is not None:
                     inputs.hidden = next_hidden
                 elif i + 1 < len(blocks):
@@ -160,6 +170,8 @@ def quantize_with_calibration(
                             inputs.hidden[b] = to_hidden_device(out, hidden_device)
             finally:
                 replay.release(block)
+                if cast is not None:
+                    cast.close()
             block.to(home)
             # Replaced weights are never read again; if they are pages of the model file's
             # memory map, nothing else would make them non-resident (host_pages.py).
@@ -200,17 +212,19 @@ def _restore_finished(resume, blocks, inputs, report, hidden_device) -> int:
     return state.finished
 
 
-def _round_stage(block, i, groups, recipe, arch, report) -> None:
+def _round_stage(block, i, groups, recipe, arch, report, cast=None) -> None:
     """Round the stage's linears with a rounder that needs no statistics (RTN)."""
     prefix = f"{arch.blocks}.{i}."
     for paths in groups:
         modules = {prefix + p: get_module(block, p) for p in paths}
+        if cast is not None:
+            cast.restore(modules.values())
         for name, (q, row) in round_group(modules, recipe, None, arch.conv1d).items():
             set_module(block, name[len(prefix):], q)
             report.layers.append(row)
 
 
-def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay) -> None:
+def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay, cast=None) -> None:
     with dequantized_once(block, enabled=device.type == "cpu"):  # true-sequential: parts already rounded
         accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d, on_batch=replay.set_batch)
     prefix = f"{arch.blocks}.{i}."
@@ -220,6 +234,8 @@ def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, repl
             H = acc.hessian()
         except LowbitError as e:
             raise type(e)(f"{', '.join(modules)}: {e}") from None
+        if cast is not None:  # round the weights as loaded, not their copies the forwards ran on
+            cast.restore(modules.values())
         for name, (q, row) in round_group(modules, recipe, H, arch.conv1d).items():
             set_module(block, name[len(prefix):], q)
             report.layers.append(row)
