@@ -42,12 +42,16 @@ def candidates():
     tma = [Tiles(128, 256, 128, 4, 8), Tiles(128, 256, 128, 3, 8), Tiles(128, 256, 64, 6, 8),
            Tiles(128, 256, 128, 4, 8, split_tail=True), Tiles(128, 256, 128, 3, 8, split_tail=True),
            Tiles(128, 128, 128, 4, 8), Tiles(128, 128, 128, 5, 4),
-           Tiles(64, 256, 128, 4, 4), Tiles(64, 128, 128, 6, 4), Tiles(256, 128, 128, 3, 8)]
+           Tiles(64, 256, 128, 4, 4), Tiles(64, 128, 128, 6, 4), Tiles(256, 128, 128, 3, 8),
+           Tiles(128, 256, 128, 4, 8, persistent=True), Tiles(128, 256, 128, 3, 8, persistent=True),
+           Tiles(128, 128, 128, 4, 8, persistent=True), Tiles(128, 128, 128, 5, 8, persistent=True),
+           Tiles(128, 256, 128, 4, 8, group_m=16, persistent=True), Tiles(256, 128, 128, 3, 8, persistent=True)]
     out = [("ptr 128x256x128 s4 w8", ("ptr", dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8,
                                                      num_stages=4, num_warps=8)))]
     for t in tma:
         name = (f"tma {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}"
-                + (" tail" if t.split_tail else ""))
+                + (" tail" if t.split_tail else "") + (" pers" if t.persistent else "")
+                + (f" g{t.group_m}" if t.group_m != 8 else ""))
         out.append((name, ("tma", t)))
     return out
 

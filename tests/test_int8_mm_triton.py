@@ -77,6 +77,25 @@ def test_split_tail_launch_equals_the_integer_reference(with_bias):
     assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
 
 
+@interpreted
+@pytest.mark.parametrize("programs", [1, 3, 64])
+def test_persistent_launch_equals_the_integer_reference(programs):
+    """One program per SM looping over the tiles: with 1, 3 or more programs than the 2×5 tiles
+    of 32×32, every output element is written once and equals the reference."""
+    from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma
+
+    M, N, K = 37, 160, 80
+    g = torch.Generator().manual_seed(11)
+    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(N, generator=g)
+    out = torch.full((M, N), float("nan"))
+    y = int8_mm_tma(q, w, xs, ws, bias, out, Tiles(32, 32, 32, 1, 4, group_m=2, persistent=True), sms=programs)
+    assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
+
+
 def test_split_tail_keeps_whole_waves_of_full_width_tiles():
     """M = 1024 on N = 14336 with 128×256 tiles is 448 tiles, 3.4 waves of 132 SMs: the 49 whole
     columns of tiles in the 3 full waves stay full width, the last 7 (1792 columns) go half

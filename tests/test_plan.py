@@ -125,3 +125,18 @@ def test_cli_dry_run_prints_only_the_plan(tmp_path):
     assert "peak host memory" in r.output and "estimated time" in r.output
     assert "saved" not in r.output and not out.exists()
     assert not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cli_calibration_dtype_reaches_the_plan(tmp_path, dtype):
+    model_dir = write_model_dir(tmp_path / "tiny-llama")
+    r = CliRunner().invoke(main, ["quantize", str(model_dir), "--method", "gptq", "--group-size", "32",
+                                  "--n-samples", "8", "--seqlen", "32", "--out", str(tmp_path / "out"),
+                                  "--calibration-dtype", dtype, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert f"forwards in {dtype}" in r.output
+
+
+def test_cli_rejects_an_unknown_calibration_dtype(tmp_path):
+    r = CliRunner().invoke(main, ["quantize", "--calibration-dtype", "float8", "--dry-run"])
+    assert r.exit_code != 0 and "float8" in r.output

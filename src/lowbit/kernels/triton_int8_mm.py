@@ -53,6 +53,9 @@ class Tiles:
     warps: int
     split_tail: bool = False
     group_m: int = 8
+    # One program per SM looping over the tiles (``_int8_mm_tma_persistent``): the next tile's
+    # first loads are issued while this one's epilogue runs.
+    persistent: bool = False
 
 
 # Per M bucket (the next power of two ≥ M), the tiles from that bucket up. Measured on an H100
@@ -125,6 +128,26 @@ def _int8_mm_tma(q_desc, w_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr,
                   N_MAIN + pid_n * (BLOCK_N // 2), HAS_BIAS, BLOCK_M, BLOCK_N // 2, BLOCK_K)
 
 
+@triton.jit
+def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+                            HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr):
+    # Tiles in grouped order, program p taking p, p + NUM_PROGRAMS, ...; the tile loop and the K
+    # loop are flattened into one software pipeline, so loads run ahead across tile boundaries.
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), n_m * n_n, NUM_PROGRAMS, flatten=True):
+        pid_m, pid_n = _tile_coords(tile, n_m, n_n, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k in range(k_tiles):
+            a = q_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+            b = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        _store_scaled(acc, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N),
+                      xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS)
+
+
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
@@ -153,7 +176,17 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None) -
     """TMA kernel with ``tiles``; ``sms`` (default: the device's SM count) sizes a wave."""
     M, K = q.shape
     N = w.shape[0]
-    n_main = main_columns(M, N, tiles, sms or _sm_count(q.device))
+    sms = sms or _sm_count(q.device)
+    if tiles.persistent:
+        q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
+        w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
+        programs = min(sms, triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n))
+        _int8_mm_tma_persistent[(programs,)](
+            q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, out.stride(0),
+            HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+            GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, num_stages=tiles.stages, num_warps=tiles.warps)
+        return out
+    n_main = main_columns(M, N, tiles, sms)
     q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
     w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
     w_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n // 2, tiles.block_k])
