@@ -79,6 +79,8 @@ LOWBIT_RECIPES += [
     BenchRecipe("w8a8-smoothquant", "w8a8-smoothquant"),
     *(BenchRecipe(f"w8a8-int8-static-{o}", "w8a8-int8-static", observer=o)
       for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
+    *(BenchRecipe(f"w8a8-smoothquant-static-{o}", "w8a8-smoothquant-static", observer=o)
+      for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
     BenchRecipe("llm-int8", "llm-int8"),
     BenchRecipe("w8a8-fp8", "w8a8-fp8"),
     BenchRecipe("w8a8-fp8-static", "w8a8-fp8-static"),

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/w8a8_observers.py --model FLOAT_DIR --work lowbit-out-bench
     .venv/bin/python bench/quality.py --recipes w8a8-int8-static-minmax,...,w8a8-int8-static-kl --reuse
+    ... --preset w8a8-smoothquant-static    # the same after SmoothQuant: w8a8-smoothquant-static-<observer>
 
 Every ``w8a8-int8-static-<observer>`` row of bench/lowbit_recipes.py is the same model (RTN int8
 weights, per output row) with a different observer choosing each input group's static scale.
@@ -11,7 +12,9 @@ quantizes the weights once, feeds every input group's inputs to all five observe
 saves ``WORK/lowbit/w8a8-int8-static-<observer>/`` with its ``bench.json``, the way
 bench/lowbit_quantize.py does. The observers therefore see identical inputs, and ``quant_s`` of
 each row is the rounding plus the whole shared calibration pass plus its own observer's
-``qparams`` (the histogram observers' search), so the rows compare like for like.
+``qparams`` (the histogram observers' search), so the rows compare like for like. A preset with
+a transform (``w8a8-smoothquant-static``) has it applied to the float model first, once, on the
+same calibration windows (``pipeline.smoothquant_block.smooth_model``), inside the timed part.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ def main(argv=None) -> int:
     from lowbit.io import save
     from lowbit.observers import make_observer
     from lowbit.pipeline.act_stats import observe_group_inputs, set_input_scales
+    from lowbit.pipeline.smoothquant_block import smooth_model
     from lowbit.quantize import quantize_each_linear
     from lowbit.sources import load_model
 
@@ -62,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="the dense float32 copy of SmolLM2 (bench/fp_copy.py)")
     ap.add_argument("--work", type=Path, default=Path("lowbit-out-bench"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--preset", default="w8a8-int8-static", choices=["w8a8-int8-static", "w8a8-smoothquant-static"],
+                    help="the static preset whose observers are compared (rows <preset>-<observer>)")
     ap.add_argument("--calib-windows", type=int, default=128,
                     help="the first N windows of pydoc-128x512 (default: all 128, the protocol)")
     a = ap.parse_args(argv)
@@ -71,8 +77,10 @@ def main(argv=None) -> int:
     model, tokenizer = load_model(a.model)
     load_s = time.perf_counter() - t0
     calib = calibration_windows(tokenizer, load_text("builtin:pydoc"), 128, 512)[:a.calib_windows]
-    recipes = {o: BY_NAME[f"w8a8-int8-static-{o}"].recipe() for o in OBSERVERS}
+    recipes = {o: BY_NAME[f"{a.preset}-{o}"].recipe() for o in OBSERVERS}
     start, cpu_start = time.perf_counter(), time.process_time()
+    for step in recipes["minmax"].steps[:-1]:  # transforms (SmoothQuant) fold into the float model first
+        smooth_model(model, calib, step)
     quantize_each_linear(model, recipes["minmax"], progress=False)
     with torch.no_grad():
         observed = observe_group_inputs(model, calib, lambda: FanOut({o: make_observer(o, "int8") for o in OBSERVERS}),
@@ -87,9 +95,9 @@ def main(argv=None) -> int:
         rows = set_input_scales([(members, fan.observers[o]) for members, fan in observed], o)
         own_s, own_cpu_s = time.perf_counter() - t, time.process_time() - c
         model.lowbit_recipe = recipes[o]
-        out = a.work / "lowbit" / f"w8a8-int8-static-{o}"
+        out = a.work / "lowbit" / f"{a.preset}-{o}"
         save(model, tokenizer, out, overwrite=True)
-        meta = {"tool": "lowbit", "recipe": f"w8a8-int8-static-{o}", "model": a.model, "load_s": round(load_s, 3),
+        meta = {"tool": "lowbit", "recipe": f"{a.preset}-{o}", "model": a.model, "load_s": round(load_s, 3),
                 "threads": torch.get_num_threads(), "versions": {"lowbit": lowbit.__version__},
                 "quant_s": round(shared_s + own_s, 3), "quant_cpu_s": round(shared_cpu_s + own_cpu_s, 3),
                 "calibration_shared_by": list(OBSERVERS), "calib_windows": len(calib), "observer_s": round(own_s, 3),
