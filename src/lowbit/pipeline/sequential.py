@@ -28,6 +28,9 @@ freed activation memory for reuse within a block (``host_allocator.py``), gives 
 between blocks, runs a rounded block's layers on weights dequantized once per pass
 (``dense_pass.py``), and drops the resident file pages of the float weights it replaced
 (``host_pages.py``): the walk's memory stays that of one block, not of the whole float model.
+On a CPU with native bfloat16 dot products a float32 model's block forwards run in bfloat16
+(``compute_dtype.py``; about 4x faster matmuls), while every linear is still rounded from its
+float32 weights.
 
 With a ``resume_dir`` every finished block is checkpointed there (``resume.py``); the same call
 after a crash restores the finished blocks and continues with the first unfinished one.
