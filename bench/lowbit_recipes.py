@@ -83,6 +83,7 @@ LOWBIT_RECIPES += [
       for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
     BenchRecipe("llm-int8", "llm-int8"),
     BenchRecipe("w8a8-fp8", "w8a8-fp8"),
+    BenchRecipe("w8a8-fp8-gptq", "w8a8-fp8-gptq"),
     BenchRecipe("w8a8-fp8-static", "w8a8-fp8-static"),
 ]
 BY_NAME = {r.name: r for r in LOWBIT_RECIPES}

@@ -83,7 +83,8 @@ from lowbit.recipes import load_preset  # noqa: E402
 # static scales a little more than per-token ones; smoothing a random model (no outlier channels
 # to even out) only moves magnitude between inputs and weights.
 PRESETS = {"w8a8-int8": 0.05, "w8a8-smoothquant": 0.05, "w8a8-int8-static": 0.15,
-           "w8a8-smoothquant-static": 0.2, "llm-int8": 0.05, "w8a8-fp8": 0.15, "w8a8-fp8-static": 0.2}
+           "w8a8-smoothquant-static": 0.2, "llm-int8": 0.05, "w8a8-fp8": 0.15, "w8a8-fp8-gptq": 0.15,
+           "w8a8-fp8-static": 0.2}
 IDS, CALIB = tiny_models.input_ids(), tiny_models.input_ids(4, 16, seed=5)
 
 
