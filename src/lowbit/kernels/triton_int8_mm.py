@@ -177,9 +177,9 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None) -
     M, K = q.shape
     N = w.shape[0]
     sms = sms or _sm_count(q.device)
+    q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
+    w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
     if tiles.persistent:
-        q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
-        w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
         programs = min(sms, triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n))
         _int8_mm_tma_persistent[(programs,)](
             q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, out.stride(0),
@@ -187,8 +187,6 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None) -
             GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, num_stages=tiles.stages, num_warps=tiles.warps)
         return out
     n_main = main_columns(M, N, tiles, sms)
-    q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
-    w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
     w_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n // 2, tiles.block_k])
     n_m = triton.cdiv(M, tiles.block_m)
     grid = (n_m * triton.cdiv(n_main, tiles.block_n) + n_m * triton.cdiv(N - n_main, tiles.block_n // 2),)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..algorithms.registry import rounder_for
 from ..errors import InputError
 
 CHOICES = ("auto", "float32", "bfloat16", "model")
@@ -50,7 +51,7 @@ def resolve(requested: str | torch.dtype | None, model_dtype: torch.dtype, devic
     transforms (AWQ and SmoothQuant measure and fold on the block's own weights, so they keep the
     model dtype); everywhere else the model's dtype. ``model``: always the model's dtype."""
     if isinstance(requested, torch.dtype):
-        requested = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(requested, str(requested))
+        requested = dtype_name(requested)
     requested = requested or "auto"
     if requested not in CHOICES:
         raise InputError(f"calibration dtype must be one of {', '.join(CHOICES)}, got {requested!r}")
@@ -60,13 +61,20 @@ def resolve(requested: str | torch.dtype | None, model_dtype: torch.dtype, devic
         wins = (model_dtype == torch.float32 and device.type == "cpu" and calibrated
                 and not transforms and cpu_has_native_bf16())
         return torch.bfloat16 if wins else model_dtype
-    if transforms and requested != _name(model_dtype):
+    if transforms and requested != dtype_name(model_dtype):
         raise InputError(f"calibration dtype {requested} needs a recipe without transforms "
-                         f"(AWQ/SmoothQuant fold into the model's {_name(model_dtype)} weights)")
+                         f"(AWQ/SmoothQuant fold into the model's {dtype_name(model_dtype)} weights)")
     return getattr(torch, requested)
 
 
-def _name(dtype: torch.dtype) -> str:
+def resolve_for_recipe(requested, model_dtype: torch.dtype, device: torch.device, recipe) -> torch.dtype:
+    """``resolve`` for a recipe: whether its rounder is calibrated and whether it has transforms."""
+    calibrated = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
+    return resolve(requested, model_dtype, device, calibrated, len(recipe.steps) > 1)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the CLI's and the report's spelling)."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -94,12 +102,10 @@ class BlockInDtype:
 
     def restore(self, modules) -> None:
         """Give ``modules`` (about to be rounded) their original tensors back."""
-        for module in modules:
-            for name in [n for n, _ in module.named_parameters(recurse=False)] + \
-                        [n for n, _ in module.named_buffers(recurse=False)]:
-                entry = self.saved.pop((id(module), name), None)
-                if entry is not None:
-                    self._set(module, name, entry[1], entry[2])
+        ids = {id(m) for m in modules}
+        for key in [k for k in self.saved if k[0] in ids]:
+            module, original, is_param = self.saved.pop(key)
+            self._set(module, key[1], original, is_param)
 
     def close(self) -> None:
         """Give back the original tensors of everything still in the block (replaced modules

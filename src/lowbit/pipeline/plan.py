@@ -38,7 +38,6 @@ from ..arch import arch_for, blocks_of, get_module
 from ..formats import FormatSpec, packed_width
 from ..quantize import find_targets
 from ..recipes import Recipe
-from ..algorithms.registry import rounder_for
 from . import compute_dtype
 from .capture import default_batch_size
 from .replay import default_replay_memory, replay_bytes
@@ -164,9 +163,7 @@ def plan_quantization(
         batch_size = default_batch_size(device)
     model_dtype = next(model.parameters()).dtype
     e = model_dtype.itemsize
-    compute = compute_dtype.resolve(calibration_dtype, model_dtype, device,
-                                    rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration,
-                                    len(recipe.steps) > 1)
+    compute = compute_dtype.resolve_for_recipe(calibration_dtype, model_dtype, device, recipe)
     # Activations, arguments and the forward's temporaries live in the compute dtype.
     ea = compute.itemsize
     d = get_module(model, arch.embeddings[0]).weight.shape[1]
@@ -249,7 +246,7 @@ def plan_quantization(
     block_bytes = max(_module_bytes(b) for b in blocks)
     on_device = {"calibration activations": hidden if not offload_hidden else batch_tokens * d * ea,
                  "block arguments": args, "working set": peak_phase, "replayed outputs": replay_held,
-                 f"block copy in {_dtype_name(compute)}": 0 if compute == model_dtype else block_bytes * ea // e}
+                 f"block copy in {compute_dtype.dtype_name(compute)}": 0 if compute == model_dtype else block_bytes * ea // e}
     host = {"model": _module_bytes(model), "quantized layers": quantized}
     if keep_reference:
         host["float reference"] = _module_bytes(model)
@@ -258,7 +255,7 @@ def plan_quantization(
     if resume:
         host["checkpoint copy"] = hidden
     plan = Plan(str(device), len(blocks), windows, seqlen, batch_size, flops=flops,
-                forward_flops=forward_flops, compute_dtype=_dtype_name(compute),
+                forward_flops=forward_flops, compute_dtype=compute_dtype.dtype_name(compute),
                 rounding_flops=rounding_flops, small_ops=small_ops, elementwise=elementwise)
     if device.type == "cpu":
         host.update({k: v for k, v in on_device.items() if k not in host})
@@ -270,10 +267,6 @@ def plan_quantization(
         if compute != torch.float32:
             plan.forward_rate = measure_matmul_rate(device, compute)
     return plan
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _plan_without_calibration(model, recipe, arch, n_blocks, keep_reference, measure) -> Plan:

@@ -103,8 +103,8 @@ def quantize_with_calibration(
     transforms = recipe.steps[:-1]
     calibrated_rounder = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
     model_dtype = next(model.parameters()).dtype
-    compute = compute_dtype.resolve(calibration_dtype, model_dtype, device, calibrated_rounder, bool(transforms))
-    report.calibration_dtype = str(compute).removeprefix("torch.")
+    compute = compute_dtype.resolve_for_recipe(calibration_dtype, model_dtype, device, recipe)
+    report.calibration_dtype = compute_dtype.dtype_name(compute)
     resume = None
     if resume_dir is not None:
         options = {"batch_size": batch_size, "true_sequential": true_sequential, "device": device.type,
