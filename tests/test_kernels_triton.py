@@ -205,6 +205,59 @@ def test_split_k_accumulates_every_split():
         assert rel_err(weight_only_linear_triton(x, layer, cfg), ref) < BF16_TOL, path
 
 
+HALF2_FORMATS = [f for f in FORMATS if f.bits == 4] + [FormatSpec(bits=4, sym=False, group_size=-1)]
+
+
+@in_this_process
+@pytest.mark.parametrize("spec", HALF2_FORMATS, ids=lambda s: s.label().replace(" ", "-"))
+@pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.parametrize("block_k", [64, 256])
+@pytest.mark.parametrize("fuse_x", [False, True], ids=["x-pass", "x-fused"])
+def test_gemv_half2_matches_float64(spec, split, block_k, fuse_x):
+    # K = 200 per-channel: the last word and the last 128-input chunk are partial. A 256 tile
+    # holds several segments (one per group, at most 128 inputs each).
+    k = 512 if spec.group_size > 0 else 200
+    layer = make_layer(40, k, spec, bias=True, seed=hash((spec, split, block_k)) % 1000)
+    x = random_x(1, k, seed=2)
+    cfg = KernelConfig("gemv_half2", block_n=16, block_k=block_k, unroll=2, split_k=split,
+                       fuse_x=fuse_x)
+    out = weight_only_linear_triton(x, layer, cfg)
+    assert out.shape == (1, 40) and out.dtype == x.dtype
+    assert rel_err(out, reference64(x, layer)) < BF16_TOL
+
+
+@in_this_process
+def test_gemv_half2_scales_large_and_tiny_inputs_per_chunk():
+    # Inputs far outside float16's range in one chunk and tiny ones in another: each 128-input
+    # chunk gets its own power of two, so neither overflows nor drowns.
+    from lowbit.kernels.triton_xhalf2 import x_half2
+
+    spec = FormatSpec(bits=4, sym=False, group_size=128)
+    layer = make_layer(24, 384, spec, bias=False, seed=21)
+    x = random_x(1, 384, seed=22).float()
+    x[0, :128] *= 3e5
+    x[0, 128:256] *= 1e-6
+    x = x.to(torch.bfloat16)
+    xh, xe = x_half2(x, layout_kw := WeightLayout.of(layer).kw)
+    assert xh.shape == (4, 1, layout_kw) and xe.shape == (1, 3)
+    lows = (xh & 0xFFFF).to(torch.int16).view(torch.float16).float()
+    assert lows.abs().max() < 16 and lows.abs().max() >= 8
+    assert torch.all(torch.log2(xe) == torch.log2(xe).round())  # powers of two
+    ref = reference64(x, layer)
+    for fuse_x in (False, True):
+        cfg = KernelConfig("gemv_half2", block_n=8, block_k=128, fuse_x=fuse_x)
+        assert rel_err(weight_only_linear_triton(x, layer, cfg), ref) < BF16_TOL
+    # Dropping the scale would overflow float16: the chunk really is out of range.
+    assert x[0, :128].float().abs().max() * 15 > 65504
+
+
+@in_this_process
+def test_gemv_half2_rejects_8_bit_codes():
+    layer = make_layer(16, 128, FormatSpec(bits=8, sym=True, group_size=-1), bias=False, seed=23)
+    with pytest.raises(ValueError):
+        weight_only_linear_triton(random_x(1, 128, 24), layer, KernelConfig("gemv_half2"))
+
+
 @in_this_process
 def test_dispatch_rules():
     spec = FormatSpec(bits=4, sym=False, group_size=128)

@@ -3,6 +3,8 @@
 Three paths:
 - ``gemv``: batch 1 without tensor cores (``triton_gemv``), and ``gemv_planes``, the same with
   fewer instructions per code after one small pass that regroups x (``triton_gemv_planes``);
+- ``gemv_half2``: batch 1, 4-bit, two codes per instruction in packed float16 arithmetic after a
+  small pass that pairs and scales x (``triton_gemv_half2``);
 - ``mma``: dequantize in registers and dot on tensor cores, split-K for small batches
   (``triton_mma``, any group);
 - ``planes``: the same with cheaper dequantization, one dot per code position
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from .dispatch import tuning_allowed
 from .triton_dequant import dequantize
 from .triton_gemv import gemv
+from .triton_gemv_half2 import gemv_half2
 from .triton_gemv_planes import gemv_planes
 from .triton_layout import WeightLayout
 from .triton_mma import mma
@@ -34,7 +37,7 @@ from .triton_mma_planes import mma_planes, planes_fit
 
 @dataclass(frozen=True)
 class KernelConfig:
-    path: str                 # "gemv" | "gemv_planes" | "mma" | "planes" | "dequant"
+    path: str                 # "gemv" | "gemv_planes" | "gemv_half2" | "mma" | "planes" | "dequant"
     block_n: int = 64
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
@@ -42,18 +45,27 @@ class KernelConfig:
     unroll: int = 1           # gemv only: K tiles whose loads are issued together
     num_warps: int = 4
     num_stages: int = 3
+    fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
 
     def label(self) -> str:
         if self.path == "dequant":
             return "dequant+cublas"
         m = f"u{self.unroll}" if self.path.startswith("gemv") else f"m{self.block_m}"
         return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
-                f"w{self.num_warps} st{self.num_stages}")
+                f"w{self.num_warps} st{self.num_stages}" + (" fx" if self.fuse_x else ""))
 
 
 def batch_bucket(m: int) -> int:
     """Powers of two up to 4096; every batch in a bucket shares one tuned choice."""
     return min(1 << max(m - 1, 0).bit_length(), 4096)
+
+
+# (rows per program, K tile, unroll, split-K, warps) of the half2 GEMV timed at batch 1, each with
+# and without the input pass fused in (4-bit only: the tuner skips them for 8-bit layers, which
+# raise before compiling).
+HALF2_M1 = [(32, 256, 2, 4, 1), (32, 256, 2, 8, 1), (64, 256, 2, 2, 2), (64, 256, 2, 4, 2),
+            (64, 256, 2, 8, 2), (128, 256, 2, 4, 4), (32, 512, 2, 8, 2), (32, 128, 2, 8, 1),
+            (64, 256, 2, 1, 2), (128, 256, 2, 1, 4)]
 
 
 def candidates(m: int) -> list[KernelConfig]:
@@ -77,7 +89,9 @@ def candidates(m: int) -> list[KernelConfig]:
             KernelConfig("gemv_planes", block_n=256, unroll=1, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("gemv_planes", block_n=32, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
-        ]
+        ] + [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=u, split_k=s, num_warps=w,
+                          num_stages=1, fuse_x=fx)
+             for bn, bk, u, s, w in HALF2_M1 for fx in (False, True)]
     if b <= 64:
         bm = max(16, b)
         return [
@@ -116,10 +130,10 @@ def default_config(m: int) -> KernelConfig:
 
 def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) -> torch.Tensor:
     """``x2 (M, K)`` times the layer's weight with one explicit config → ``(M, N)``."""
-    if cfg.path in ("gemv", "gemv_planes"):
+    if cfg.path in GEMV_PATHS:
         if x2.shape[0] != 1:
             raise ValueError("the gemv paths compute one row; use 'mma' for batches")
-        return (gemv if cfg.path == "gemv" else gemv_planes)(x2, layout, bias, cfg)
+        return GEMV_PATHS[cfg.path](x2, layout, bias, cfg)
     if cfg.path == "mma":
         return mma(x2, layout, bias, cfg)
     if cfg.path == "planes":
@@ -129,6 +143,7 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
     raise ValueError(f"unknown kernel path {cfg.path!r}")
 
 
+GEMV_PATHS = {"gemv": gemv, "gemv_planes": gemv_planes, "gemv_half2": gemv_half2}
 _TUNED: dict[tuple, KernelConfig] = {}
 TUNE_LOG: dict[tuple, dict[str, float]] = {}  # every timed candidate, for the benchmark's notes
 

@@ -1,0 +1,136 @@
+"""Every batch-1 W4A16 kernel config side by side on one GPU, weights streaming from HBM.
+
+    PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT
+
+The dispatch's tuner times its candidates with the weights resident in L2, which can rank decode
+configs differently from a real decode step. This times each candidate of ``candidates(1)``
+(``gemv``, ``gemv_planes``, ``gemv_half2``, ``planes``) under a CUDA graph cycling through
+weight copies larger than L2 (as ``bench/kernels.py`` does), beside bf16 ``F.linear`` and
+``torch._weight_int4pack_mm``, with each config's relative error against a float64
+dequantize-then-matmul reference. Int4 asym g128, bf16 activations. Writes
+``<out>/gemv_sweep.json`` and prints the table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import (  # noqa: E402
+    GROUP, L2_ROTATE_BYTES, copy_bandwidth_tbps, graph_us, import_lowbit, int4pack, log,
+    lowbit_w4, make_codes, rough_us,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
+
+
+def sweep_shape(k: int, n: int, copy_tbps: float, notes: list) -> list[dict]:
+    from lowbit.kernels.triton_layout import WeightLayout
+    from lowbit.kernels.triton_weight_only import candidates, run_config
+
+    w4_bytes = n * k // 2 + 2 * (n * k // GROUP) * 2
+    copies = max(1, math.ceil(L2_ROTATE_BYTES / w4_bytes))
+    copies_bf16 = max(1, math.ceil(L2_ROTATE_BYTES / (2 * n * k)))
+    layers = [lowbit_w4(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
+    layouts = [WeightLayout.of(q) for q in layers]
+    w64 = layers[0].dequantized_weight(torch.float64)
+    tiny = [int4pack(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
+    wbf = [layers[0].dequantized_weight(torch.bfloat16)] + [
+        torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(1, copies_bf16)]
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ w64.T
+    floor = (w4_bytes + 2 * (k + n)) / (copy_tbps * 1e12) * 1e6
+    cols = {"bf16": [lambda w=w: F.linear(x, w) for w in wbf],
+            "int4pack": [lambda t=t: torch._weight_int4pack_mm(x, t[0], GROUP, t[1]) for t in tiny]}
+    for cfg in candidates(1):
+        cols[cfg.label()] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg) for lo in layouts]
+    # The fixed costs around the half2 GEMV: its input pass and the split-K sum, alone.
+    from lowbit.kernels.triton_splitk import reduce_partials
+    from lowbit.kernels.triton_xhalf2 import x_half2
+
+    ws = {s: torch.randn(s, 1, n, device="cuda") for s in (2, 8)}
+    cols["(x_half2 pass alone)"] = [lambda: x_half2(x, layouts[0].kw)]
+    for s_, w_ in ws.items():
+        cols[f"(split-K sum s{s_} alone)"] = [lambda w_=w_: reduce_partials(w_, None, x.dtype)]
+    rows = []
+    for name, fns in cols.items():
+        row = {"K": k, "N": n, "M": 1, "config": name, "floor_us": floor}
+        try:
+            with torch.no_grad():
+                out = fns[0]()
+                torch.cuda.synchronize()
+                if not name.startswith("("):
+                    row["rel_err"] = float((out.double() - ref).norm() / ref.norm())
+                row["us"] = graph_us(fns, rough_us(fns[0]))
+        except Exception as e:
+            notes.append(f"{name} K={k} N={n}: {type(e).__name__}: {str(e)[-300:]}")
+            row["us"] = None
+        rows.append(row)
+        log(f"  {k}x{n} {name:40s} {row.get('us') or float('nan'):8.1f} us "
+            f"err {row.get('rel_err', float('nan')):.2e}")
+    del layers, layouts, tiny, wbf
+    torch.cuda.empty_cache()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| K×N | config | µs | % floor | ×bf16 | ×int4pack | err |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    by_shape: dict = {}
+    for r in rows:
+        by_shape.setdefault((r["K"], r["N"]), []).append(r)
+    for (k, n), rs in by_shape.items():
+        base = {r["config"]: r.get("us") for r in rs}
+        for r in sorted(rs, key=lambda r: r.get("us") or 1e9):
+            us = r.get("us")
+            if us is None:
+                continue
+            lines.append(
+                f"| {k}×{n} | {r['config']} | {us:.1f} | {100 * r['floor_us'] / us:.0f}% | "
+                f"{base['bf16'] / us:.2f} | {base['int4pack'] / us:.2f} | "
+                f"{r.get('rel_err', float('nan')):.1e} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336 (K×N)")
+    args = ap.parse_args()
+    shapes = SHAPES if args.shapes == "all" else [
+        tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    notes: list = []
+    import_lowbit(notes)
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    copy_tbps = copy_bandwidth_tbps()
+    doc = {"device": props.name, "torch": torch.__version__, "triton": triton.__version__,
+           "python": platform.python_version(), "copy_tbps": copy_tbps,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "command": "PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT", "notes": notes,
+           "rows": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, n in shapes:
+        doc["rows"] += sweep_shape(k, n, copy_tbps, notes)
+        (out / "gemv_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+    for note in notes:
+        log("note:", note)
+    log(f"copy ceiling {copy_tbps:.2f} TB/s")
+    log(table(doc["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Batch-1 GEMV for 4-bit codes with packed float16 arithmetic: two codes per instruction.
+
+The other decode GEMVs spend four to seven instructions per 4-bit code (unpack, convert, FMA),
+which is as much issue time as the H100 needs to stream the weights, so they cannot get near the
+bandwidth floor. Here one int32 word (eight codes) becomes four float16 pairs with one shift and
+one ``lop3`` each: ``(word >> 4s) & 0x000F000F | 0x64006400`` reads as the pair
+``(1024 + q[8w+s], 1024 + q[8w+s+4])`` (1024 is float16's 2^10; OR-ing a nibble into its
+mantissa adds it exactly). One packed subtract of ``1024 + zero`` leaves ``q - zero`` exactly, and
+packed FMAs with the matching input pairs (``triton_xhalf2``) accumulate four products per half.
+The pair is then widened to float32 and summed, and multiplied by the group's scale times the
+chunk's power of two once per word. Per code: about 2.4 instructions instead of 5-7.
+
+Precision: products and the four-term sums are rounded to float16 (2^-11 relative), then
+everything is float32; the output's own bf16 rounding (2^-8) dominates. Range: see
+``triton_xhalf2`` (no overflow for any finite input).
+
+The packed instructions are inline PTX, which Triton's CPU interpreter cannot run: there the same
+steps are emulated with integer and float ops (float16 roundings included), so the CI tests check
+the kernel's indexing, masking, split-K and scaling on the CPU, and the benchmark's correctness
+column checks the PTX on the GPU.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_splitk import reduce_partials
+from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
+
+_DEQUANT_PTX = tl.constexpr("""
+{
+.reg .b32 t, p0, p1, p2, p3;
+lop3.b32 p0, $4, 0x000f000f, 0x64006400, 0xea;
+shr.u32 t, $4, 4;
+lop3.b32 p1, t, 0x000f000f, 0x64006400, 0xea;
+shr.u32 t, $4, 8;
+lop3.b32 p2, t, 0x000f000f, 0x64006400, 0xea;
+shr.u32 t, $4, 12;
+lop3.b32 p3, t, 0x000f000f, 0x64006400, 0xea;
+sub.rn.f16x2 $0, p0, $5;
+sub.rn.f16x2 $1, p1, $5;
+sub.rn.f16x2 $2, p2, $5;
+sub.rn.f16x2 $3, p3, $5;
+}
+""")
+
+_DOT_PTX = tl.constexpr("""
+{
+.reg .b32 a;
+.reg .f16 l, h;
+.reg .f32 fl, fh, s;
+mul.rn.f16x2 a, $1, $5;
+fma.rn.f16x2 a, $2, $6, a;
+fma.rn.f16x2 a, $3, $7, a;
+fma.rn.f16x2 a, $4, $8, a;
+mov.b32 {l, h}, a;
+cvt.f32.f16 fl, l;
+cvt.f32.f16 fh, h;
+add.f32 s, fl, fh;
+mov.b32 $0, s;
+}
+""")
+
+
+@triton.jit
+def _f16_halves(pair):
+    """int32 holding two float16 → (low, high) as float32 (exact)."""
+    lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _to_f16(v):
+    return v.to(tl.float16).to(tl.float32)
+
+
+@triton.jit
+def dequant_pairs(words, zz, USE_PTX: tl.constexpr):
+    """int32 words of 4-bit codes → four int32 float16 pairs ``(q[8w+s] - z, q[8w+s+4] - z)``.
+
+    ``zz`` holds ``1024 + zero`` as a float16 pair (``(0x6400 + z)·0x10001``)."""
+    if USE_PTX:
+        p0, p1, p2, p3 = tl.inline_asm_elementwise(
+            _DEQUANT_PTX, "=r,=r,=r,=r,r,r", [words, zz],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    else:  # interpreter: (q - z) is a small integer, so its float16 bits are built exactly
+        z, _ = _f16_halves(zz)
+        z = z - 1024.0
+        p0 = pair_bits((words & 0xF).to(tl.float32) - z, ((words >> 16) & 0xF).to(tl.float32) - z)
+        p1 = pair_bits(((words >> 4) & 0xF).to(tl.float32) - z,
+                              ((words >> 20) & 0xF).to(tl.float32) - z)
+        p2 = pair_bits(((words >> 8) & 0xF).to(tl.float32) - z,
+                              ((words >> 24) & 0xF).to(tl.float32) - z)
+        p3 = pair_bits(((words >> 12) & 0xF).to(tl.float32) - z,
+                              ((words >> 28) & 0xF).to(tl.float32) - z)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def dot_pairs(p0, p1, p2, p3, x0, x1, x2, x3, USE_PTX: tl.constexpr):
+    """Σ_s p_s·x_s over four float16 pairs, accumulated per half in float16, then the two halves
+    widened and added in float32."""
+    if USE_PTX:
+        bits = tl.inline_asm_elementwise(
+            _DOT_PTX, "=r,r,r,r,r,r,r,r,r", [p0, p1, p2, p3, x0, x1, x2, x3],
+            dtype=tl.int32, is_pure=True, pack=1)
+        total = bits.to(tl.float32, bitcast=True)
+    else:  # float16 rounding after every product and sum, as the packed FMAs do
+        a0, b0 = _f16_halves(p0)
+        c0, d0 = _f16_halves(x0)
+        lo = _to_f16(a0 * c0)
+        hi = _to_f16(b0 * d0)
+        a1, b1 = _f16_halves(p1)
+        c1, d1 = _f16_halves(x1)
+        lo = _to_f16(a1 * c1 + lo)
+        hi = _to_f16(b1 * d1 + hi)
+        a2, b2 = _f16_halves(p2)
+        c2, d2 = _f16_halves(x2)
+        lo = _to_f16(a2 * c2 + lo)
+        hi = _to_f16(b2 * d2 + hi)
+        a3, b3 = _f16_halves(p3)
+        c3, d3 = _f16_halves(x3)
+        lo = _to_f16(a3 * c3 + lo)
+        hi = _to_f16(b3 * d3 + hi)
+        total = lo + hi
+    return total
+
+
+@triton.jit
+def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, last, K, KW, KC,
+               w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN: tl.constexpr,
+               NS: tl.constexpr, SW: tl.constexpr, HAS_ZERO: tl.constexpr,
+               XCHUNK: tl.constexpr, FUSE_X: tl.constexpr):
+    """Everything one K tile needs, as ``NS`` segments of ``SW`` words (a segment lies in one
+    scale group and one 128-input chunk of the input scales): the words ``(BN, NS, SW)``, the
+    ``1024 + zero`` pairs and the scales times the chunk's power of two ``(BN, NS)``, and the four
+    input planes ``(NS, SW)``. A tile at or past ``last`` loads nothing (zero words and zero
+    inputs add nothing)."""
+    live = n_mask & ((tl.zeros((BN,), tl.int32) + tile) < last)
+    seg = tl.arange(0, NS)
+    rw = tile * (NS * SW) + seg[:, None] * SW + tl.arange(0, SW)[None, :]      # (NS, SW)
+    words = tl.load(wq_ptr + rn[:, None, None] * stride_wn + rw[None, :, :],
+                    mask=live[:, None, None] & (rw < KW)[None, :, :], other=0)
+    k0 = (tile * NS + seg) * (SW * 8)                                           # (NS,) first input
+    g = k0 // group
+    scale = tl.load(s_ptr + rn[:, None] * stride_sn + g[None, :], mask=live[:, None],
+                    other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        zero = tl.load(z_ptr + rn[:, None] * stride_zn + g[None, :], mask=live[:, None], other=0)
+    else:
+        zero = tl.full((BN, NS), 8, tl.int32)
+    if FUSE_X:  # pairs built here from x, one power of two per segment
+        x0, x1, x2, x3, up = x_pairs(x_ptr, stride_xk, rw, tl.minimum(K, w_end * 8), NS, SW,
+                                     TARGET_EXP_JIT)
+    else:  # pairs from the input pass (triton_xhalf2), one power of two per 128 inputs
+        x_mask = rw < w_end
+        x0 = tl.load(xh_ptr + rw, mask=x_mask, other=0)
+        x1 = tl.load(xh_ptr + KW + rw, mask=x_mask, other=0)
+        x2 = tl.load(xh_ptr + 2 * KW + rw, mask=x_mask, other=0)
+        x3 = tl.load(xh_ptr + 3 * KW + rw, mask=x_mask, other=0)
+        up = tl.load(xe_ptr + tl.minimum(k0 // XCHUNK, KC - 1))
+    return words, (0x6400 + zero) * 0x10001, scale * up[None, :], x0, x1, x2, x3
+
+
+@triton.jit
+def _tile_product(words, zz, row_scale, x0, x1, x2, x3, BN: tl.constexpr, NS: tl.constexpr,
+                  SW: tl.constexpr, USE_PTX: tl.constexpr):
+    """``(BN, NS, SW)`` float32: each word's eight products, scaled by its segment's factor."""
+    shape: tl.constexpr = (BN, NS, SW)
+    p0, p1, p2, p3 = dequant_pairs(words, tl.broadcast_to(zz[:, :, None], shape), USE_PTX)
+    part = dot_pairs(p0, p1, p2, p3,
+                     tl.broadcast_to(x0[None, :, :], shape), tl.broadcast_to(x1[None, :, :], shape),
+                     tl.broadcast_to(x2[None, :, :], shape), tl.broadcast_to(x3[None, :, :], shape),
+                     USE_PTX)
+    return part * row_scale[:, :, None]
+
+
+@triton.jit
+def _gemv_half2_kernel(
+    xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr,
+    N, K, KW, KC, group, stride_xk, stride_wn, stride_sn, stride_zn,
+    BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr, UNROLL: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    USE_PTX: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr,
+):
+    # A tile is BN rows by NS·SW words: several segments per row so that each row's read is
+    # long and contiguous (128 bytes and more), whatever the group size.
+    # UNROLL = 1: plain loop. UNROLL = 2: software-pipelined by hand — the loads of tile t + 1
+    # are issued before tile t is computed, so every program keeps a tile's bytes in flight
+    # while it works.
+    BK: tl.constexpr = NS * SW * 8
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    n_mask = rn < N
+    k_tiles = tl.cdiv(K, BK)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    first = pid_k * per_split
+    last = tl.minimum(first + per_split, k_tiles)
+    w_end = tl.minimum(KW, last * (NS * SW))  # this split's words end here
+    acc = tl.zeros((BN, NS, SW), tl.float32)
+    if UNROLL == 1:
+        for tile in range(first, last):
+            words, zz, rs, x0, x1, x2, x3 = _load_tile(
+                xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, last, K, KW, KC,
+                w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS, SW, HAS_ZERO,
+                XCHUNK, FUSE_X)
+            acc += _tile_product(words, zz, rs, x0, x1, x2, x3, BN, NS, SW, USE_PTX)
+    else:
+        words, zz, rs, x0, x1, x2, x3 = _load_tile(
+            xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, first, last, K, KW, KC,
+            w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS, SW, HAS_ZERO,
+            XCHUNK, FUSE_X)
+        for tile in range(first, last):
+            n_words, n_zz, n_rs, n_x0, n_x1, n_x2, n_x3 = _load_tile(
+                xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile + 1, last, K, KW,
+                KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS, SW,
+                HAS_ZERO, XCHUNK, FUSE_X)
+            acc += _tile_product(words, zz, rs, x0, x1, x2, x3, BN, NS, SW, USE_PTX)
+            words, zz, rs, x0, x1, x2, x3 = n_words, n_zz, n_rs, n_x0, n_x1, n_x2, n_x3
+    total = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rn, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+    else:  # partial sums into the (SPLIT_K, 1, N) workspace; bias comes with the reduction
+        tl.store(out_ptr + pid_k * N + rn, total, mask=n_mask)
+
+
+def half2_segment(layout, block_k: int) -> int:
+    """Inputs per segment: a power of two dividing the group (one scale), 128 (one chunk of the
+    input scales) and the tile."""
+    return layout.block_k(min(CHUNK, block_k))
+
+
+def half2_fits(layout, block_k: int) -> bool:
+    """4-bit codes, K tiles a whole number of segments."""
+    seg = half2_segment(layout, block_k)
+    return layout.bits == 4 and seg >= 16 and block_k >= seg and block_k % seg == 0
+
+
+def _use_ptx(x: torch.Tensor) -> bool:
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
+    """``x (1, K)`` times the layer's 4-bit weight → ``(1, N)`` in ``x``'s dtype; the K tile is
+    ``cfg.block_k`` inputs (a power of two; at least one segment)."""
+    if not half2_fits(layout, cfg.block_k):
+        raise ValueError("the half2 GEMV takes 4-bit codes with K tiles of whole segments")
+    seg = half2_segment(layout, cfg.block_k)
+    split = cfg.split_k
+    if cfg.fuse_x:
+        xh = xe = torch.empty(1, dtype=torch.int32, device=x.device)  # unread
+        kc = 1
+    else:
+        xh, xe = x_half2(x, layout.kw)
+        kc = xe.shape[1]
+    if split == 1:
+        out = torch.empty(1, layout.n, dtype=x.dtype, device=x.device)
+    else:
+        out = torch.empty(split, 1, layout.n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(layout.n, cfg.block_n), split)
+    _gemv_half2_kernel[grid](
+        xh, xe, x, layout.packed, layout.scale, layout.zero_or_dummy,
+        bias if bias is not None else layout.scale, out,
+        layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(1),
+        layout.packed.stride(0), layout.stride_s, layout.stride_z,
+        BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll, SPLIT_K=split,
+        HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=_use_ptx(x),
+        XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, num_warps=cfg.num_warps, num_stages=1,
+    )
+    return out if split == 1 else reduce_partials(out, bias, x.dtype)
