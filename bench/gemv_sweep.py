@@ -1,10 +1,10 @@
-"""Every batch-1 W4A16 kernel config side by side on one GPU, weights streaming from HBM.
+"""Every small-batch W4A16 kernel config side by side on one GPU, weights streaming from HBM.
 
-    PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT
+    PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT [--batches 1,2,4,8]
 
 The dispatch's tuner times its candidates with the weights resident in L2, which can rank decode
-configs differently from a real decode step. This times each candidate of ``candidates(1)``
-(``gemv``, ``gemv_planes``, ``gemv_half2``, ``planes``) under a CUDA graph cycling through
+configs differently from a real decode step. This times each batch-1 candidate of both lists
+(``candidates(1, 4)``: ``gemv_half2``; ``candidates(1, 8)``: ``gemv``, ``gemv_planes``, ``planes``) under a CUDA graph cycling through
 weight copies larger than L2 (as ``bench/kernels.py`` does), beside bf16 ``F.linear`` and
 ``torch._weight_int4pack_mm``, with each config's relative error against a float64
 dequantize-then-matmul reference. Int4 asym g128, bf16 activations. Writes
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
 
 
-def sweep_shape(k: int, n: int, copy_tbps: float, notes: list) -> list[dict]:
+def sweep_shape(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
     from lowbit.kernels.triton_layout import WeightLayout
     from lowbit.kernels.triton_weight_only import candidates, run_config
 
@@ -48,12 +48,13 @@ def sweep_shape(k: int, n: int, copy_tbps: float, notes: list) -> list[dict]:
     tiny = [int4pack(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
     wbf = [layers[0].dequantized_weight(torch.bfloat16)] + [
         torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(1, copies_bf16)]
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     ref = x.double() @ w64.T
-    floor = (w4_bytes + 2 * (k + n)) / (copy_tbps * 1e12) * 1e6
+    floor = (w4_bytes + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6
     cols = {"bf16": [lambda w=w: F.linear(x, w) for w in wbf],
             "int4pack": [lambda t=t: torch._weight_int4pack_mm(x, t[0], GROUP, t[1]) for t in tiny]}
-    for cfg in candidates(1):
+    # At batch 1 the 8-bit list (the older GEMVs) beside the 4-bit one: both read 4-bit codes.
+    for cfg in candidates(m, bits=4) + (candidates(1, bits=8) if m == 1 else []):
         cols[cfg.label()] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg) for lo in layouts]
     # The fixed costs around the half2 GEMV: its input pass and the split-K sum, alone.
     from lowbit.kernels.triton_splitk import reduce_partials
@@ -65,7 +66,7 @@ def sweep_shape(k: int, n: int, copy_tbps: float, notes: list) -> list[dict]:
         cols[f"(split-K sum s{s_} alone)"] = [lambda w_=w_: reduce_partials(w_, None, x.dtype)]
     rows = []
     for name, fns in cols.items():
-        row = {"K": k, "N": n, "M": 1, "config": name, "floor_us": floor}
+        row = {"K": k, "N": n, "M": m, "config": name, "floor_us": floor}
         try:
             with torch.no_grad():
                 out = fns[0]()
@@ -77,7 +78,7 @@ def sweep_shape(k: int, n: int, copy_tbps: float, notes: list) -> list[dict]:
             notes.append(f"{name} K={k} N={n}: {type(e).__name__}: {str(e)[-300:]}")
             row["us"] = None
         rows.append(row)
-        log(f"  {k}x{n} {name:40s} {row.get('us') or float('nan'):8.1f} us "
+        log(f"  {k}x{n} M={m} {name:40s} {row.get('us') or float('nan'):8.1f} us "
             f"err {row.get('rel_err', float('nan')):.2e}")
     del layers, layouts, tiny, wbf
     torch.cuda.empty_cache()
@@ -85,18 +86,19 @@ def sweep_shape(k: int, n: int, copy_tbps: float, notes: list) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| K×N | config | µs | % floor | ×bf16 | ×int4pack | err |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| K×N | M | config | µs | % floor | ×bf16 | ×int4pack | err |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     by_shape: dict = {}
     for r in rows:
-        by_shape.setdefault((r["K"], r["N"]), []).append(r)
-    for (k, n), rs in by_shape.items():
+        by_shape.setdefault((r["K"], r["N"], r["M"]), []).append(r)
+    for (k, n, m), rs in by_shape.items():
         base = {r["config"]: r.get("us") for r in rs}
         for r in sorted(rs, key=lambda r: r.get("us") or 1e9):
             us = r.get("us")
             if us is None:
                 continue
             lines.append(
-                f"| {k}×{n} | {r['config']} | {us:.1f} | {100 * r['floor_us'] / us:.0f}% | "
+                f"| {k}×{n} | {m} | {r['config']} | {us:.1f} | {100 * r['floor_us'] / us:.0f}% | "
                 f"{base['bf16'] / us:.2f} | {base['int4pack'] / us:.2f} | "
                 f"{r.get('rel_err', float('nan')):.1e} |")
     return "\n".join(lines)
@@ -106,6 +108,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336 (K×N)")
+    ap.add_argument("--batches", default="1", help="comma-separated M, e.g. 1,2,4,8")
     args = ap.parse_args()
     shapes = SHAPES if args.shapes == "all" else [
         tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -118,12 +121,14 @@ def main() -> int:
     doc = {"device": props.name, "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "copy_tbps": copy_tbps,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT", "notes": notes,
+           "command": f"PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT --batches {args.batches}",
+           "notes": notes,
            "rows": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for k, n in shapes:
-        doc["rows"] += sweep_shape(k, n, copy_tbps, notes)
+        for m in [int(v) for v in args.batches.split(",")]:
+            doc["rows"] += sweep_shape(k, n, m, copy_tbps, notes)
         (out / "gemv_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
     for note in notes:
         log("note:", note)

@@ -252,6 +252,44 @@ def test_gemv_half2_scales_large_and_tiny_inputs_per_chunk():
 
 
 @in_this_process
+@pytest.mark.parametrize("m", [2, 3, 5, 8])
+def test_gemv_half2_small_batches_share_the_unpacked_codes(m):
+    spec = FormatSpec(bits=4, sym=False, group_size=64)
+    layer = make_layer(24, 320, spec, bias=True, seed=27 + m)  # K = 320: a partial 256 tile
+    wide = random_x(m, 640, seed=28 + m)
+    x = wide[:, ::2]  # stride 2 along K
+    ref = reference64(x, layer)
+    for split in (1, 2):
+        cfg = KernelConfig("gemv_half2", block_n=8, block_k=256, unroll=2, split_k=split)
+        out = weight_only_linear_triton(x, layer, cfg)
+        assert out.shape == (m, 24)
+        assert rel_err(out, ref) < BF16_TOL
+    # Pairing x in the kernel is batch 1 only; more rows than one program holds go elsewhere.
+    with pytest.raises(ValueError):
+        weight_only_linear_triton(x, layer, KernelConfig("gemv_half2", fuse_x=True))
+    with pytest.raises(ValueError):
+        weight_only_linear_triton(random_x(9, 320, 1), layer, KernelConfig("gemv_half2"))
+
+
+@in_this_process
+def test_gemv_half2_split_k_sums_in_kernel_and_leaves_counters_zero(monkeypatch):
+    from lowbit.kernels import triton_gemv_half2, triton_splitk
+
+    spec = FormatSpec(bits=4, sym=False, group_size=64)
+    layer = make_layer(40, 512, spec, bias=True, seed=25)
+    x = random_x(1, 512, seed=26)
+    cfg = KernelConfig("gemv_half2", block_n=16, block_k=64, unroll=2, split_k=4, fuse_x=True,
+                       maxnreg=168)
+    first = weight_only_linear_triton(x, layer, cfg)
+    assert rel_err(first, reference64(x, layer)) < BF16_TOL
+    assert int(triton_splitk.split_counters(x.device, 3).abs().sum()) == 0
+    assert torch.equal(weight_only_linear_triton(x, layer, cfg), first)  # same order every call
+    # No counters (a CUDA graph being captured before any existed): a second launch sums.
+    monkeypatch.setattr(triton_gemv_half2, "split_counters", lambda device, tiles: None)
+    assert torch.equal(weight_only_linear_triton(x, layer, cfg), first)
+
+
+@in_this_process
 def test_gemv_half2_rejects_8_bit_codes():
     layer = make_layer(16, 128, FormatSpec(bits=8, sym=True, group_size=-1), bias=False, seed=23)
     with pytest.raises(ValueError):
@@ -272,7 +310,14 @@ def test_dispatch_rules():
     assert select_kernel("cuda", "weight_only").__name__ == "weight_only_linear_cuda"
     assert [batch_bucket(m) for m in (1, 2, 3, 17, 64, 65, 5000)] == [1, 2, 4, 32, 64, 128, 4096]
     for m in (1, 2, 16, 64, 128, 1024):
-        assert all(not c.path.startswith("gemv") for c in candidates(m)) or m == 1
-        assert default_config(m).path in {c.path for c in candidates(m)}
+        for bits in (4, 8):
+            # Batch-1 kernels only at batch 1; the half2 GEMV up to 8 rows (4-bit only).
+            paths = {c.path for c in candidates(m, bits)}
+            assert m == 1 or not paths & {"gemv", "gemv_planes"}
+            assert ("gemv_half2" in paths) == (bits == 4 and m <= 4)
+            assert default_config(m, bits).path in {c.path for c in candidates(m, bits)}
+    # Batch 1: 4-bit layers take the half2 GEMV, 8-bit ones (which it cannot read) the others.
+    assert {c.path for c in candidates(1, 4)} == {"gemv_half2"}
+    assert "gemv_half2" not in {c.path for c in candidates(1, 8)}
     with pytest.raises(ValueError):
         weight_only_linear_triton(random_x(2, 256, 14), layer, KernelConfig("gemv"))

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_splitk import reduce_partials
+from .triton_splitk import reduce_partials, split_counters
 from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
 
 _DEQUANT_PTX = tl.constexpr("""
@@ -131,15 +131,15 @@ def dot_pairs(p0, p1, p2, p3, x0, x1, x2, x3, USE_PTX: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, last, K, KW, KC,
-               w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN: tl.constexpr,
-               NS: tl.constexpr, SW: tl.constexpr, HAS_ZERO: tl.constexpr,
+def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
+               M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn,
+               BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr, HAS_ZERO: tl.constexpr,
                XCHUNK: tl.constexpr, FUSE_X: tl.constexpr):
     """Everything one K tile needs, as ``NS`` segments of ``SW`` words (a segment lies in one
     scale group and one 128-input chunk of the input scales): the words ``(BN, NS, SW)``, the
-    ``1024 + zero`` pairs and the scales times the chunk's power of two ``(BN, NS)``, and the four
-    input planes ``(NS, SW)``. A tile at or past ``last`` loads nothing (zero words and zero
-    inputs add nothing)."""
+    rows' ``1024 + zero`` pairs and scales ``(BN, NS)``, the four input planes ``(BM, NS, SW)``
+    and their powers of two ``(BM, NS)`` — without the leading axis when x is paired here (batch
+    1). A tile at or past ``last`` loads nothing (zero words and zero inputs add nothing)."""
     live = n_mask & ((tl.zeros((BN,), tl.int32) + tile) < last)
     seg = tl.arange(0, NS)
     rw = tile * (NS * SW) + seg[:, None] * SW + tl.arange(0, SW)[None, :]      # (NS, SW)
@@ -153,42 +153,58 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, la
         zero = tl.load(z_ptr + rn[:, None] * stride_zn + g[None, :], mask=live[:, None], other=0)
     else:
         zero = tl.full((BN, NS), 8, tl.int32)
-    if FUSE_X:  # pairs built here from x, one power of two per segment
+    if FUSE_X:  # batch 1: pairs built here from x, one power of two per segment
         x0, x1, x2, x3, up = x_pairs(x_ptr, stride_xk, rw, tl.minimum(K, w_end * 8), NS, SW,
                                      TARGET_EXP_JIT)
     else:  # pairs from the input pass (triton_xhalf2), one power of two per 128 inputs
-        x_mask = rw < w_end
-        x0 = tl.load(xh_ptr + rw, mask=x_mask, other=0)
-        x1 = tl.load(xh_ptr + KW + rw, mask=x_mask, other=0)
-        x2 = tl.load(xh_ptr + 2 * KW + rw, mask=x_mask, other=0)
-        x3 = tl.load(xh_ptr + 3 * KW + rw, mask=x_mask, other=0)
-        up = tl.load(xe_ptr + tl.minimum(k0 // XCHUNK, KC - 1))
-    return words, (0x6400 + zero) * 0x10001, scale * up[None, :], x0, x1, x2, x3
+        x_mask = m_mask[:, None, None] & (rw < w_end)[None, :, :]
+        plane = xh_ptr + rm[:, None, None] * KW + rw[None, :, :]
+        x0 = tl.load(plane, mask=x_mask, other=0)
+        x1 = tl.load(plane + M * KW, mask=x_mask, other=0)
+        x2 = tl.load(plane + 2 * M * KW, mask=x_mask, other=0)
+        x3 = tl.load(plane + 3 * M * KW, mask=x_mask, other=0)
+        up = tl.load(xe_ptr + rm[:, None] * KC + tl.minimum(k0 // XCHUNK, KC - 1)[None, :],
+                     mask=m_mask[:, None], other=0.0)
+    return words, (0x6400 + zero) * 0x10001, scale, x0, x1, x2, x3, up
 
 
 @triton.jit
-def _tile_product(words, zz, row_scale, x0, x1, x2, x3, BN: tl.constexpr, NS: tl.constexpr,
-                  SW: tl.constexpr, USE_PTX: tl.constexpr):
-    """``(BN, NS, SW)`` float32: each word's eight products, scaled by its segment's factor."""
-    shape: tl.constexpr = (BN, NS, SW)
-    p0, p1, p2, p3 = dequant_pairs(words, tl.broadcast_to(zz[:, :, None], shape), USE_PTX)
-    part = dot_pairs(p0, p1, p2, p3,
-                     tl.broadcast_to(x0[None, :, :], shape), tl.broadcast_to(x1[None, :, :], shape),
-                     tl.broadcast_to(x2[None, :, :], shape), tl.broadcast_to(x3[None, :, :], shape),
-                     USE_PTX)
-    return part * row_scale[:, :, None]
+def _tile_product(words, zz, scale, x0, x1, x2, x3, up, BM: tl.constexpr, BN: tl.constexpr,
+                  NS: tl.constexpr, SW: tl.constexpr, USE_PTX: tl.constexpr,
+                  FUSED_ROW: tl.constexpr):
+    """``(BM, BN, NS, SW)`` float32 (``(BN, NS, SW)`` for ``FUSED_ROW``): each word's eight
+    products with each input row, scaled by the segment's weight scale and input power of two.
+    The codes are unpacked once and reused by every input row."""
+    shape: tl.constexpr = (BM, BN, NS, SW)
+    p0, p1, p2, p3 = dequant_pairs(words, tl.broadcast_to(zz[:, :, None], (BN, NS, SW)), USE_PTX)
+    if FUSED_ROW:  # batch 1, x paired in the kernel: three dimensions (a unit axis costs more)
+        shape3: tl.constexpr = (BN, NS, SW)
+        part = dot_pairs(p0, p1, p2, p3, tl.broadcast_to(x0[None], shape3),
+                         tl.broadcast_to(x1[None], shape3), tl.broadcast_to(x2[None], shape3),
+                         tl.broadcast_to(x3[None], shape3), USE_PTX)
+        part = part * (scale * up[None, :])[:, :, None]
+    else:
+        part = dot_pairs(tl.broadcast_to(p0[None], shape), tl.broadcast_to(p1[None], shape),
+                         tl.broadcast_to(p2[None], shape), tl.broadcast_to(p3[None], shape),
+                         tl.broadcast_to(x0[:, None], shape), tl.broadcast_to(x1[:, None], shape),
+                         tl.broadcast_to(x2[:, None], shape), tl.broadcast_to(x3[:, None], shape),
+                         USE_PTX)
+        part = part * (scale[None, :, :, None] * up[:, None, :, None])
+    return part
 
 
 @triton.jit
 def _gemv_half2_kernel(
-    xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr,
-    N, K, KW, KC, group, stride_xk, stride_wn, stride_sn, stride_zn,
-    BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr, UNROLL: tl.constexpr,
-    SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, KW, KC, group, stride_xk, stride_wn, stride_sn, stride_zn,
+    BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
+    UNROLL: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     USE_PTX: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr,
+    SELF_REDUCE: tl.constexpr,
 ):
     # A tile is BN rows by NS·SW words: several segments per row so that each row's read is
-    # long and contiguous (128 bytes and more), whatever the group size.
+    # long and contiguous (128 bytes and more), whatever the group size. BM input rows (all of
+    # a small batch) share every unpacked code.
     # UNROLL = 1: plain loop. UNROLL = 2: software-pipelined by hand — the loads of tile t + 1
     # are issued before tile t is computed, so every program keeps a tile's bytes in flight
     # while it works.
@@ -197,38 +213,63 @@ def _gemv_half2_kernel(
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     n_mask = rn < N
+    rm = tl.arange(0, BM)
+    m_mask = rm < M
     k_tiles = tl.cdiv(K, BK)
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     first = pid_k * per_split
     last = tl.minimum(first + per_split, k_tiles)
     w_end = tl.minimum(KW, last * (NS * SW))  # this split's words end here
-    acc = tl.zeros((BN, NS, SW), tl.float32)
+    if FUSE_X:
+        acc = tl.zeros((BN, NS, SW), tl.float32)
+    else:
+        acc = tl.zeros((BM, BN, NS, SW), tl.float32)
     if UNROLL == 1:
         for tile in range(first, last):
-            words, zz, rs, x0, x1, x2, x3 = _load_tile(
-                xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, last, K, KW, KC,
-                w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS, SW, HAS_ZERO,
-                XCHUNK, FUSE_X)
-            acc += _tile_product(words, zz, rs, x0, x1, x2, x3, BN, NS, SW, USE_PTX)
+            words, zz, sc, x0, x1, x2, x3, up = _load_tile(
+                xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
+                M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS,
+                SW, HAS_ZERO, XCHUNK, FUSE_X)
+            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, FUSE_X)
     else:
-        words, zz, rs, x0, x1, x2, x3 = _load_tile(
-            xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, first, last, K, KW, KC,
-            w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS, SW, HAS_ZERO,
-            XCHUNK, FUSE_X)
+        words, zz, sc, x0, x1, x2, x3, up = _load_tile(
+            xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, first, last,
+            M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS,
+            SW, HAS_ZERO, XCHUNK, FUSE_X)
         for tile in range(first, last):
-            n_words, n_zz, n_rs, n_x0, n_x1, n_x2, n_x3 = _load_tile(
-                xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, tile + 1, last, K, KW,
-                KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS, SW,
-                HAS_ZERO, XCHUNK, FUSE_X)
-            acc += _tile_product(words, zz, rs, x0, x1, x2, x3, BN, NS, SW, USE_PTX)
-            words, zz, rs, x0, x1, x2, x3 = n_words, n_zz, n_rs, n_x0, n_x1, n_x2, n_x3
-    total = tl.sum(tl.sum(acc, axis=2), axis=1)
+            n_words, n_zz, n_sc, n_x0, n_x1, n_x2, n_x3, n_up = _load_tile(
+                xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile + 1,
+                last, M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN,
+                NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
+            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, FUSE_X)
+            words, zz, sc, x0, x1, x2, x3, up = n_words, n_zz, n_sc, n_x0, n_x1, n_x2, n_x3, n_up
+    if FUSE_X:
+        total = tl.sum(tl.sum(acc, axis=2), axis=1)[None, :]                    # (1, BN)
+    else:
+        total = tl.sum(tl.sum(acc, axis=3), axis=2)                             # (BM, BN)
+    out_offs = rm[:, None] * N + rn[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
-            total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + rn, total.to(out_ptr.dtype.element_ty), mask=n_mask)
-    else:  # partial sums into the (SPLIT_K, 1, N) workspace; bias comes with the reduction
-        tl.store(out_ptr + pid_k * N + rn, total, mask=n_mask)
+            total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:  # partial sums into the (SPLIT_K, M, N) workspace
+        tl.store(ws_ptr + pid_k * M * N + out_offs, total, mask=out_mask)
+        if SELF_REDUCE:  # the last split to arrive sums them (triton_splitk)
+            tl.debug_barrier()  # every thread's slice is written before the counter moves
+            arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BM, BN), tl.float32)
+                for s in tl.static_range(SPLIT_K):
+                    total += tl.load(ws_ptr + s * M * N + out_offs, mask=out_mask, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+                tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+                tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+
+
+MAX_ROWS = 8  # input rows one program multiplies on CUDA cores; larger batches go to tensor cores
 
 
 def half2_segment(layout, block_k: int) -> int:
@@ -248,10 +289,16 @@ def _use_ptx(x: torch.Tensor) -> bool:
 
 
 def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
-    """``x (1, K)`` times the layer's 4-bit weight → ``(1, N)`` in ``x``'s dtype; the K tile is
-    ``cfg.block_k`` inputs (a power of two; at least one segment)."""
+    """``x (M, K)`` times the layer's 4-bit weight → ``(M, N)`` in ``x``'s dtype, for small M
+    (every row in one program: ``cfg.block_m`` ≥ M). The K tile is ``cfg.block_k`` inputs (a
+    power of two; at least one segment). ``cfg.fuse_x`` (batch 1 only) pairs x in the kernel
+    instead of a separate pass."""
+    m = x.shape[0]
     if not half2_fits(layout, cfg.block_k):
         raise ValueError("the half2 GEMV takes 4-bit codes with K tiles of whole segments")
+    bm = 1 if m == 1 else max(2, triton.next_power_of_2(m))
+    if bm > MAX_ROWS or (cfg.fuse_x and m != 1):
+        raise ValueError(f"the half2 GEMV takes at most {MAX_ROWS} rows (x fused: 1), got {m}")
     seg = half2_segment(layout, cfg.block_k)
     split = cfg.split_k
     if cfg.fuse_x:
@@ -260,18 +307,21 @@ def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
     else:
         xh, xe = x_half2(x, layout.kw)
         kc = xe.shape[1]
-    if split == 1:
-        out = torch.empty(1, layout.n, dtype=x.dtype, device=x.device)
-    else:
-        out = torch.empty(split, 1, layout.n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(layout.n, cfg.block_n), split)
+    out = torch.empty(m, layout.n, dtype=x.dtype, device=x.device)
+    ws = counters = out  # unread unless split
+    if split > 1:
+        ws = torch.empty(split, m, layout.n, dtype=torch.float32, device=x.device)
+        counters = split_counters(x.device, grid[0])
+    self_reduce = split > 1 and counters is not None
     _gemv_half2_kernel[grid](
         xh, xe, x, layout.packed, layout.scale, layout.zero_or_dummy,
-        bias if bias is not None else layout.scale, out,
-        layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(1),
+        bias if bias is not None else layout.scale, out, ws, counters if self_reduce else out,
+        m, layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(1),
         layout.packed.stride(0), layout.stride_s, layout.stride_z,
-        BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll, SPLIT_K=split,
-        HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=_use_ptx(x),
-        XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, num_warps=cfg.num_warps, num_stages=1,
+        BM=bm, BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll,
+        SPLIT_K=split, HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=_use_ptx(x),
+        XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, SELF_REDUCE=self_reduce, num_warps=cfg.num_warps,
+        num_stages=1, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
-    return out if split == 1 else reduce_partials(out, bias, x.dtype)
+    return out if split == 1 or self_reduce else reduce_partials(ws, bias, x.dtype)

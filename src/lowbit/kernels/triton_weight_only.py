@@ -46,13 +46,15 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 3
     fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
+    maxnreg: int | None = None  # gemv_half2 only: register cap per thread (more warps per SM)
 
     def label(self) -> str:
         if self.path == "dequant":
             return "dequant+cublas"
         m = f"u{self.unroll}" if self.path.startswith("gemv") else f"m{self.block_m}"
         return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
-                f"w{self.num_warps} st{self.num_stages}" + (" fx" if self.fuse_x else ""))
+                f"w{self.num_warps} st{self.num_stages}" + (" fx" if self.fuse_x else "")
+                + (f" r{self.maxnreg}" if self.maxnreg else ""))
 
 
 def batch_bucket(m: int) -> int:
@@ -60,22 +62,34 @@ def batch_bucket(m: int) -> int:
     return min(1 << max(m - 1, 0).bit_length(), 4096)
 
 
-# (rows per program, K tile, unroll, split-K, warps) of the half2 GEMV timed at batch 1, each with
-# and without the input pass fused in (4-bit only: the tuner skips them for 8-bit layers, which
-# raise before compiling).
-HALF2_M1 = [(32, 256, 2, 4, 1), (32, 256, 2, 8, 1), (64, 256, 2, 2, 2), (64, 256, 2, 4, 2),
-            (64, 256, 2, 8, 2), (128, 256, 2, 4, 4), (32, 512, 2, 8, 2), (32, 128, 2, 8, 1),
-            (64, 256, 2, 1, 2), (128, 256, 2, 1, 4)]
+# (rows per program, K tile, split-K, warps, x paired in the kernel, register cap) of the half2
+# GEMV timed at batch 1 for 4-bit layers: the winners of bench/gemv_sweep.py on the H100 (small
+# programs of one warp and 32 rows, K tiles of 256 inputs, split-K summed in the kernel), all
+# prefetching. A register cap helped only the 16-row program on 4096x4096 (caps of 168 and 200
+# on the 32-row ones spill and lose).
+HALF2_M1 = [(32, 256, 1, 1, True, None), (32, 256, 2, 1, True, None), (32, 256, 4, 1, True, None),
+            (32, 256, 8, 1, True, None), (16, 256, 8, 1, True, None), (32, 512, 8, 2, True, None),
+            (64, 256, 1, 2, False, None), (16, 256, 4, 1, True, 168)]
+# Batches 2-4 on CUDA cores (x paired by a small pass; the codes unpacked once for every row),
+# per batch bucket; fewer rows per program as the batch grows keep the accumulators in registers.
+# (At batch 8 they never beat the tensor-core kernels on the H100; at 2-4 only sometimes.)
+HALF2_SMALL = {2: [(32, 256, 1, 1), (32, 256, 2, 1), (32, 256, 4, 1), (16, 256, 8, 1)],
+               4: [(16, 256, 2, 1), (16, 256, 4, 1), (16, 256, 8, 1), (32, 256, 4, 2)]}
 
 
-def candidates(m: int) -> list[KernelConfig]:
+def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
     """Configs worth timing for batch ``m`` (a short list: each one costs a compile).
 
     Decode is bound by the bytes in flight: each config trades rows per program (``block_n``),
     tiles issued together (``unroll``, pipelining ``num_stages``) and K splits (more programs
-    for narrow N, at the cost of a second launch that sums the splits).
+    for narrow N, at the cost of summing the splits). At batch 1, 4-bit layers take the half2
+    GEMV, which beat every other batch-1 kernel at every measured shape; 8-bit layers the others.
     """
     b = batch_bucket(m)
+    if b == 1 and bits == 4:
+        return [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s,
+                             num_warps=w, num_stages=1, fuse_x=fx, maxnreg=r)
+                for bn, bk, s, w, fx, r in HALF2_M1]
     if b == 1:
         return [
             KernelConfig("gemv", block_n=32, unroll=2, split_k=4, num_warps=4, num_stages=3),
@@ -89,12 +103,12 @@ def candidates(m: int) -> list[KernelConfig]:
             KernelConfig("gemv_planes", block_n=256, unroll=1, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("gemv_planes", block_n=32, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
-        ] + [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=u, split_k=s, num_warps=w,
-                          num_stages=1, fuse_x=fx)
-             for bn, bk, u, s, w in HALF2_M1 for fx in (False, True)]
+        ]
+    half2 = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
+                          num_stages=1) for bn, bk, s, w in HALF2_SMALL.get(b, [])] if bits == 4 else []
     if b <= 64:
         bm = max(16, b)
-        return [
+        return half2 + [
             KernelConfig("planes", block_n=64, block_m=bm, split_k=1, num_stages=4),
             KernelConfig("planes", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=bm, split_k=2, num_stages=4),
@@ -118,9 +132,12 @@ def candidates(m: int) -> list[KernelConfig]:
     ]
 
 
-def default_config(m: int) -> KernelConfig:
+def default_config(m: int, bits: int = 4) -> KernelConfig:
     """The choice when nothing was timed (CPU interpreter, graph capture, tuning switched off)."""
     b = batch_bucket(m)
+    if b == 1 and bits == 4:
+        return KernelConfig("gemv_half2", block_n=32, block_k=256, unroll=2, split_k=2,
+                            num_warps=1, num_stages=1, fuse_x=True)
     if b == 1:
         return KernelConfig("gemv", block_n=16, unroll=4, split_k=1, num_warps=4, num_stages=1)
     if b <= 64:
@@ -130,6 +147,8 @@ def default_config(m: int) -> KernelConfig:
 
 def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) -> torch.Tensor:
     """``x2 (M, K)`` times the layer's weight with one explicit config → ``(M, N)``."""
+    if cfg.path == "gemv_half2":  # batch 1 and small batches (it checks its own limits)
+        return gemv_half2(x2, layout, bias, cfg)
     if cfg.path in GEMV_PATHS:
         if x2.shape[0] != 1:
             raise ValueError("the gemv paths compute one row; use 'mma' for batches")
@@ -143,7 +162,7 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
     raise ValueError(f"unknown kernel path {cfg.path!r}")
 
 
-GEMV_PATHS = {"gemv": gemv, "gemv_planes": gemv_planes, "gemv_half2": gemv_half2}
+GEMV_PATHS = {"gemv": gemv, "gemv_planes": gemv_planes}
 _TUNED: dict[tuple, KernelConfig] = {}
 TUNE_LOG: dict[tuple, dict[str, float]] = {}  # every timed candidate, for the benchmark's notes
 
@@ -187,7 +206,7 @@ def _graph_time_us(fn, calls: int = 20, replays: int = 5) -> float:
 def _tune(x2: torch.Tensor, layout: WeightLayout, bias, key: tuple) -> KernelConfig:
     timings: dict[str, float] = {}
     best, best_us = None, float("inf")
-    for cfg in candidates(x2.shape[0]):
+    for cfg in candidates(x2.shape[0], layout.bits):
         try:
             run_config(x2, layout, bias, cfg)  # compile outside the timed graph
             us = _graph_time_us(lambda: run_config(x2, layout, bias, cfg))
@@ -198,7 +217,7 @@ def _tune(x2: torch.Tensor, layout: WeightLayout, bias, key: tuple) -> KernelCon
         if us < best_us:
             best, best_us = cfg, us
     TUNE_LOG[key] = timings
-    return best or default_config(x2.shape[0])
+    return best or default_config(x2.shape[0], layout.bits)
 
 
 def choose_config(x2: torch.Tensor, layout: WeightLayout, bias) -> KernelConfig:
@@ -209,7 +228,7 @@ def choose_config(x2: torch.Tensor, layout: WeightLayout, bias) -> KernelConfig:
     tune = (x2.is_cuda and os.environ.get("LOWBIT_TRITON_TUNE", "1") != "0" and tuning_allowed()
             and not torch.cuda.is_current_stream_capturing())
     if not tune:
-        return default_config(x2.shape[0])
+        return default_config(x2.shape[0], layout.bits)
     cfg = _TUNED[key] = _tune(x2, layout, bias, key)
     return cfg
 
