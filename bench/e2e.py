@@ -194,8 +194,12 @@ class Decoder:
     index by the ``cache_position`` argument. ``set_position`` sets all of them.
     """
 
-    def __init__(self, model: nn.Module, batch: int, max_len: int, device: torch.device):
+    def __init__(self, model: nn.Module, batch: int, max_len: int, device: torch.device,
+                 step_model=None):
+        # step_model: what decode steps call (the model itself, or torch.compile's wrapper of
+        # it); prefill always runs the plain model (another sequence length: another compile).
         self.model, self.batch, self.device = model, batch, device
+        self.step_model = model if step_model is None else step_model
         self.cache = make_static_cache(model.config, max_len, batch, device)
         params = inspect.signature(type(model).forward).parameters
         self.takes_cache_position = "cache_position" in params
@@ -205,14 +209,14 @@ class Decoder:
         self.position_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
 
-    def _forward(self, ids, position_ids, cache_position):
+    def _forward(self, ids, position_ids, cache_position, model=None):
         kwargs = {"input_ids": ids, "position_ids": position_ids, "past_key_values": self.cache,
                   "use_cache": True}
         if self.takes_cache_position:
             kwargs["cache_position"] = cache_position
         if self.keep_kw:
             kwargs[self.keep_kw] = 1
-        return self.model(**kwargs).logits[:, -1, :]
+        return (self.model if model is None else model)(**kwargs).logits[:, -1, :]
 
     @torch.no_grad()
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
@@ -237,7 +241,7 @@ class Decoder:
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
-        logits = self._forward(self.ids, self.position_ids, self.cache_position)
+        logits = self._forward(self.ids, self.position_ids, self.cache_position, self.step_model)
         self.ids.copy_(logits.argmax(-1, keepdim=True))
         self.position_ids.add_(1)
         self.cache_position.add_(1)
@@ -320,14 +324,15 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def bench_batch(model, cfg, variant: str, batch: int, args, device, ref_logits: dict) -> dict:
+def bench_batch(model, cfg, variant: str, batch: int, args, device, ref_logits: dict,
+                step_model=None) -> dict:
     g = torch.Generator(device=device).manual_seed(args.seed + batch)
     prompt = torch.randint(0, cfg.vocab_size, (batch, args.prompt), generator=g, device=device)
     # The first decode input is fixed too (not the prefill's argmax, which differs per variant):
     # then every variant's first decode logits answer the same question.
     first = torch.randint(0, cfg.vocab_size, (batch, 1), generator=g, device=device)
     max_len = args.prompt + args.warmup + args.steps + 8
-    dec = Decoder(model, batch, max_len, device)
+    dec = Decoder(model, batch, max_len, device, step_model)
     t0 = time.perf_counter()
     prefill_logits = dec.prefill(prompt)
     dec.ids.copy_(first)
@@ -378,10 +383,14 @@ def bench_variant(model, cfg, variant: str, args, device, ref_logits: dict, note
         f"({', '.join(info['decoder_linear_kind'])}), {info['decoder_linear_bytes'] / 2**30:.3f} GiB, "
         f"built in {quant_s:.1f} s")
     rows = []
+    step_model = None
+    if args.compile:  # a fresh compile per variant: its linears are other modules
+        torch._dynamo.reset()
+        step_model = torch.compile(model, dynamic=False)
     try:
         for batch in args.batches:
             try:
-                row = bench_batch(model, cfg, variant, batch, args, device, ref_logits)
+                row = bench_batch(model, cfg, variant, batch, args, device, ref_logits, step_model)
             except Exception as e:
                 notes.append(f"{variant} batch {batch}: {type(e).__name__}: {str(e)[-400:]}")
                 traceback.print_exc()
@@ -446,6 +455,7 @@ def run(args, argv: list[str]) -> dict:
                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
            "shape": "tiny Llama (dry run)" if args.dry else "Llama-3-8B",
            "init_std": args.init_std, "seed": args.seed, "attention": "sdpa", "kv_cache": "transformers StaticCache",
+           "compile": bool(args.compile),
            "bf16_everywhere_else": "embeddings, lm_head, norms, attention and the KV cache stay bf16 in every variant",
            "notes": notes, "variants": [], "rows": []}
     doc["model"]["rope_theta"] = rope_theta(cfg)
@@ -507,7 +517,7 @@ def render_markdown(doc: dict) -> str:
     timing = rows[0]["timing"] if rows else "graph"
     first = rows[0] if rows else {}
     lines = [
-        f"# End-to-end decode: {doc['shape']} on {doc['device']}", "",
+        f"# End-to-end decode{' (torch.compile)' if doc.get('compile') else ''}: {doc['shape']} on {doc['device']}", "",
         f"- torch {doc['torch']}, triton {doc['triton']}, transformers {doc['transformers']}; {doc['date']}",
         f"- command: `{doc['command']}`",
         f"- model: random init (normal, std {doc['init_std']}), {m['num_hidden_layers']} layers, hidden "
@@ -518,6 +528,8 @@ def render_markdown(doc: dict) -> str:
         f"- decode: static KV cache ({first.get('max_cache_len', '—')} slots), prompt of "
         f"{first.get('prompt', '—')} random tokens prefilled eagerly, eager warm-up steps (lowbit tunes its "
         f"kernels there), then one decode step "
+        + ("through `torch.compile` (default mode; lowbit's linears one custom operator each) "
+           if doc.get("compile") else "")
         + ("captured in a CUDA graph and replayed" if timing == "graph" else "run eagerly (no CUDA graph)")
         + f" {first.get('steps', '—')} times back to back; median of {first.get('repeats', '—')} series. "
         "tokens/s = batch × steps / seconds; ×bf16 = bf16 ms/step / variant ms/step",
@@ -552,6 +564,9 @@ def parse_args(argv):
                     help="std of the random normal weights (at 0.02 the random 32-layer model is chaotic: "
                          "W4A16's logits then differ from bf16's by more than their own norm)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true",
+                    help="decode steps through torch.compile (default mode) before CUDA-graph capture; "
+                         "lowbit's linears stay one custom operator each (kernels/custom_op.py)")
     a = ap.parse_args(argv)
     unknown = set(a.variants) - set(VARIANTS)
     if unknown:

@@ -2,7 +2,8 @@
 
 Importing Triton (and compiling) costs time that CPU users should not pay, and Triton may be
 absent: the registered function imports the kernels on its first CUDA call and falls back to the
-reference kernel when Triton cannot be imported or the layer's format has no Triton kernel.
+reference kernel when Triton cannot be imported or the layer's format has no Triton kernel. Under
+``torch.compile`` the call goes through the ``lowbit::weight_only_linear`` custom operator.
 """
 from __future__ import annotations
 
@@ -30,4 +31,8 @@ def weight_only_linear_cuda(x: torch.Tensor, module) -> torch.Tensor:
     impl = _triton_impl()
     if impl is None or not triton_supports(module, x):
         return weight_only_linear(x, module)
+    if torch.compiler.is_compiling():  # one opaque call for the compiler (kernels/custom_op.py)
+        from .custom_op import call_op
+
+        return call_op(x, module)
     return impl(x, module)

@@ -238,10 +238,16 @@ def weight_only_linear_triton(x: torch.Tensor, module, config: KernelConfig | No
 
     ``config`` forces one kernel (tests, benchmarks); by default the tuned choice for this batch.
     """
-    layout = WeightLayout.of(module)
+    return linear_on_layout(x, WeightLayout.of(module), module.bias, config)
+
+
+def linear_on_layout(x: torch.Tensor, layout: WeightLayout, bias: torch.Tensor | None,
+                     config: KernelConfig | None = None) -> torch.Tensor:
+    """The same from the layer's buffers alone (what the ``lowbit::weight_only_linear`` custom
+    operator receives)."""
     x2 = x.reshape(-1, layout.k)  # a view where strides allow; the kernels take any strides
     if x2.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], layout.n)
-    cfg = config or choose_config(x2, layout, module.bias)
-    out = run_config(x2, layout, module.bias, cfg)
+    cfg = config or choose_config(x2, layout, bias)
+    out = run_config(x2, layout, bias, cfg)
     return out.reshape(*x.shape[:-1], layout.n)
