@@ -528,7 +528,8 @@ def render_markdown(doc: dict) -> str:
         f"- decode: static KV cache ({first.get('max_cache_len', '—')} slots), prompt of "
         f"{first.get('prompt', '—')} random tokens prefilled eagerly, eager warm-up steps (lowbit tunes its "
         f"kernels there), then one decode step "
-        + ("through `torch.compile` (default mode; lowbit's linears one custom operator each) "
+        + ("through `torch.compile` (default mode; lowbit's weight-only linears one custom operator "
+           "each, W8A8 layers traced) "
            if doc.get("compile") else "")
         + ("captured in a CUDA graph and replayed" if timing == "graph" else "run eagerly (no CUDA graph)")
         + f" {first.get('steps', '—')} times back to back; median of {first.get('repeats', '—')} series. "
@@ -566,7 +567,8 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile", action="store_true",
                     help="decode steps through torch.compile (default mode) before CUDA-graph capture; "
-                         "lowbit's linears stay one custom operator each (kernels/custom_op.py)")
+                         "lowbit's weight-only linears stay one custom operator each "
+                         "(kernels/custom_op.py); W8A8 layers are traced")
     a = ap.parse_args(argv)
     unknown = set(a.variants) - set(VARIANTS)
     if unknown:
