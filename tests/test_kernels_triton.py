@@ -123,7 +123,8 @@ FORMATS = [
 @in_this_process
 @pytest.mark.parametrize("spec", FORMATS, ids=lambda s: s.label().replace(" ", "-"))
 @pytest.mark.parametrize("path", ["gemv", "gemv-planes", "gemv-planes-split", "mma", "mma-split",
-                                  "planes", "planes-split", "dequant"])
+                                  "planes", "planes-split", "planes-x-fused",
+                                  "planes-split-x-fused", "dequant"])
 def test_each_path_matches_float64(spec, path):
     k = 256 if spec.group_size > 0 else 200  # per-channel: K not a multiple of any tile
     n, m = 40, (1 if path.startswith("gemv") else 3)
@@ -138,6 +139,10 @@ def test_each_path_matches_float64(spec, path):
         "mma-split": KernelConfig("mma", block_n=32, block_m=16, block_k=32, split_k=3),
         "planes": KernelConfig("planes", block_n=16, block_m=16, block_k=128, split_k=1),
         "planes-split": KernelConfig("planes", block_n=32, block_m=16, block_k=64, split_k=3),
+        "planes-x-fused": KernelConfig("planes", block_n=16, block_m=16, block_k=128,
+                                       fuse_x=True),
+        "planes-split-x-fused": KernelConfig("planes", block_n=32, block_m=16, block_k=64,
+                                             split_k=3, fuse_x=True),
         "dequant": KernelConfig("dequant"),
     }[path]
     if cfg.path == "planes" and not planes_fit(WeightLayout.of(layer), cfg.block_k):
@@ -273,7 +278,7 @@ def test_gemv_half2_small_batches_share_the_unpacked_codes(m):
 
 @in_this_process
 def test_gemv_half2_split_k_sums_in_kernel_and_leaves_counters_zero(monkeypatch):
-    from lowbit.kernels import triton_gemv_half2, triton_splitk
+    from lowbit.kernels import triton_splitk
 
     spec = FormatSpec(bits=4, sym=False, group_size=64)
     layer = make_layer(40, 512, spec, bias=True, seed=25)
@@ -285,7 +290,7 @@ def test_gemv_half2_split_k_sums_in_kernel_and_leaves_counters_zero(monkeypatch)
     assert int(triton_splitk.split_counters(x.device, 3).abs().sum()) == 0
     assert torch.equal(weight_only_linear_triton(x, layer, cfg), first)  # same order every call
     # No counters (a CUDA graph being captured before any existed): a second launch sums.
-    monkeypatch.setattr(triton_gemv_half2, "split_counters", lambda device, tiles: None)
+    monkeypatch.setattr(triton_splitk, "split_counters", lambda device, tiles: None)
     assert torch.equal(weight_only_linear_triton(x, layer, cfg), first)
 
 

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_splitk import reduce_partials, split_counters
+from .triton_splitk import SplitOutput, store_result
 from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
 
 _DEQUANT_PTX = tl.constexpr("""
@@ -248,25 +248,8 @@ def _gemv_half2_kernel(
     else:
         total = tl.sum(tl.sum(acc, axis=3), axis=2)                             # (BM, BN)
     out_offs = rm[:, None] * N + rn[None, :]
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:  # partial sums into the (SPLIT_K, M, N) workspace
-        tl.store(ws_ptr + pid_k * M * N + out_offs, total, mask=out_mask)
-        if SELF_REDUCE:  # the last split to arrive sums them (triton_splitk)
-            tl.debug_barrier()  # every thread's slice is written before the counter moves
-            arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT_K - 1:
-                total = tl.zeros((BM, BN), tl.float32)
-                for s in tl.static_range(SPLIT_K):
-                    total += tl.load(ws_ptr + s * M * N + out_offs, mask=out_mask, other=0.0,
-                                     cache_modifier=".cg")
-                if HAS_BIAS:
-                    total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-                tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-                tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+    store_result(total, out_ptr, ws_ptr, cnt_ptr, b_ptr, out_offs, out_offs, M * N, rn[None, :],
+                 m_mask[:, None] & n_mask[None, :], pid_k, pid_n, SPLIT_K, SELF_REDUCE, HAS_BIAS)
 
 
 MAX_ROWS = 8  # input rows one program multiplies on CUDA cores; larger batches go to tensor cores
@@ -308,20 +291,15 @@ def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
         xh, xe = x_half2(x, layout.kw)
         kc = xe.shape[1]
     grid = (triton.cdiv(layout.n, cfg.block_n), split)
-    out = torch.empty(m, layout.n, dtype=x.dtype, device=x.device)
-    ws = counters = out  # unread unless split
-    if split > 1:
-        ws = torch.empty(split, m, layout.n, dtype=torch.float32, device=x.device)
-        counters = split_counters(x.device, grid[0])
-    self_reduce = split > 1 and counters is not None
+    res = SplitOutput(m, layout.n, x.dtype, x.device, split, grid[0])
     _gemv_half2_kernel[grid](
         xh, xe, x, layout.packed, layout.scale, layout.zero_or_dummy,
-        bias if bias is not None else layout.scale, out, ws, counters if self_reduce else out,
+        bias if bias is not None else layout.scale, res.out, res.ws, res.counters_or_dummy,
         m, layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(1),
         layout.packed.stride(0), layout.stride_s, layout.stride_z,
         BM=bm, BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll,
         SPLIT_K=split, HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=_use_ptx(x),
-        XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, SELF_REDUCE=self_reduce, num_warps=cfg.num_warps,
+        XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, SELF_REDUCE=res.self_reduce, num_warps=cfg.num_warps,
         num_stages=1, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
-    return out if split == 1 or self_reduce else reduce_partials(ws, bias, x.dtype)
+    return res.finish(bias, x.dtype)

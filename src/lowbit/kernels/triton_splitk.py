@@ -32,6 +32,59 @@ def _reduce_kernel(ws_ptr, b_ptr, out_ptr, MN, N, SPLIT: tl.constexpr, BLOCK: tl
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def store_result(total, out_ptr, ws_ptr, cnt_ptr, b_ptr, out_offs, ws_offs, ws_stride, bias_offs,
+                 mask, pid_k, tile_id, SPLIT_K: tl.constexpr, SELF_REDUCE: tl.constexpr,
+                 HAS_BIAS: tl.constexpr):
+    """A program's float32 result ``total`` into the output: directly (one split, bias added),
+    as its slice ``ws[pid_k]`` of the workspace (summed by ``reduce_partials`` afterwards), or
+    (``SELF_REDUCE``) as its slice and then, if it is the last split to arrive at output tile
+    ``tile_id``, the sum of every slice in split order plus the bias. Offsets share ``total``'s
+    shape (``bias_offs`` may broadcast); slice ``s`` starts at ``ws_ptr + s·ws_stride``."""
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            total += tl.load(b_ptr + bias_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ws_ptr + pid_k * ws_stride + ws_offs, total, mask=mask)
+        if SELF_REDUCE:
+            tl.debug_barrier()  # every thread's slice is written before the counter moves
+            arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros_like(total)
+                for s in tl.static_range(SPLIT_K):
+                    total += tl.load(ws_ptr + s * ws_stride + ws_offs, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(b_ptr + bias_offs, mask=mask, other=0.0).to(tl.float32)
+                tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(cnt_ptr + tile_id, 0, sem="relaxed", scope="gpu")
+
+
+class SplitOutput:
+    """The buffers of one split-K product ``(M, N)``: the output, the float32 workspace
+    ``(split, M, N)`` and the counters when the kernel sums the splits itself. ``finish`` returns
+    the output, after a second launch where the kernel could not sum (no counters)."""
+
+    def __init__(self, m: int, n: int, dtype: torch.dtype, device: torch.device, split: int,
+                 tiles: int, self_reduce: bool = True):
+        self.out = torch.empty(m, n, dtype=dtype, device=device)
+        self.split, self.ws, self.counters = split, self.out, None
+        if split > 1:
+            self.ws = torch.empty(split, m, n, dtype=torch.float32, device=device)
+            self.counters = split_counters(device, tiles) if self_reduce else None
+        self.self_reduce = self.counters is not None
+
+    @property
+    def counters_or_dummy(self) -> torch.Tensor:
+        return self.counters if self.counters is not None else self.out
+
+    def finish(self, bias, dtype: torch.dtype) -> torch.Tensor:
+        if self.split == 1 or self.self_reduce:
+            return self.out
+        return reduce_partials(self.ws, bias, dtype)
+
+
 def reduce_partials(ws: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
     """``ws (SPLIT, M, N)`` float32 → ``(M, N)`` in ``dtype``, plus bias."""
     split, m, n = ws.shape

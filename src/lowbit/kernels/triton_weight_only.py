@@ -19,6 +19,7 @@ timed yet, to a fixed per-bucket default). Set ``LOWBIT_TRITON_TUNE=0`` to alway
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ class KernelConfig:
     unroll: int = 1           # gemv only: K tiles whose loads are issued together
     num_warps: int = 4
     num_stages: int = 3
-    fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
+    fuse_x: bool = False      # gemv_half2 / planes: prepare x inside the kernel (no input pass)
     maxnreg: int | None = None  # gemv_half2 only: register cap per thread (more warps per SM)
 
     def label(self) -> str:
@@ -108,12 +109,16 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
                           num_stages=1) for bn, bk, s, w in HALF2_SMALL.get(b, [])] if bits == 4 else []
     if b <= 64:
         bm = max(16, b)
-        return half2 + [
+        planes = [
             KernelConfig("planes", block_n=64, block_m=bm, split_k=1, num_stages=4),
             KernelConfig("planes", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=bm, split_k=2, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
+        ]
+        # each also gathering x in the kernel (no regrouping pass: one launch fewer)
+        planes += [dataclasses.replace(c, fuse_x=True) for c in planes]
+        return half2 + planes + [
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
