@@ -123,8 +123,7 @@ FORMATS = [
 @in_this_process
 @pytest.mark.parametrize("spec", FORMATS, ids=lambda s: s.label().replace(" ", "-"))
 @pytest.mark.parametrize("path", ["gemv", "gemv-planes", "gemv-planes-split", "mma", "mma-split",
-                                  "planes", "planes-split", "planes-x-fused",
-                                  "planes-split-x-fused", "dequant"])
+                                  "planes", "planes-split", "dequant"])
 def test_each_path_matches_float64(spec, path):
     k = 256 if spec.group_size > 0 else 200  # per-channel: K not a multiple of any tile
     n, m = 40, (1 if path.startswith("gemv") else 3)
@@ -139,10 +138,6 @@ def test_each_path_matches_float64(spec, path):
         "mma-split": KernelConfig("mma", block_n=32, block_m=16, block_k=32, split_k=3),
         "planes": KernelConfig("planes", block_n=16, block_m=16, block_k=128, split_k=1),
         "planes-split": KernelConfig("planes", block_n=32, block_m=16, block_k=64, split_k=3),
-        "planes-x-fused": KernelConfig("planes", block_n=16, block_m=16, block_k=128,
-                                       fuse_x=True),
-        "planes-split-x-fused": KernelConfig("planes", block_n=32, block_m=16, block_k=64,
-                                             split_k=3, fuse_x=True),
         "dequant": KernelConfig("dequant"),
     }[path]
     if cfg.path == "planes" and not planes_fit(WeightLayout.of(layer), cfg.block_k):

@@ -4,10 +4,10 @@ Same product as ``triton_mma`` (``out^T = W · x^T``, split-K optional) with che
 code ``j`` of every word in a tile is masked in place and OR-ed into 2^23's mantissa (see
 ``triton_gemv_planes``), so plane ``j`` is the ``(BN, BK/codes_per_word)`` matrix
 ``(q - zero)·2^p``, exact in bf16. Each plane meets the matching plane of x (``triton_xplanes``:
-regrouped once per call and pre-scaled by ``2^-p``, exact; or, with ``fuse_x``, gathered from x
-inside the kernel, saving that pass's launch) in its own dot; the scale multiplies the tile's
-partial product once per row (one group per tile). Per code: one logic op, one add, half a
-conversion; no shuffles to rebuild input order. Split-K sums in the kernel (``triton_splitk``).
+regrouped once per call and pre-scaled by ``2^-p``, exact; gathering x inside the kernel instead
+measured 10-30% slower) in its own dot; the scale multiplies the tile's partial product once per
+row (one group per tile). Per code: one logic op, one add, half a conversion; no shuffles to
+rebuild input order.
 
 Needs 16 words per row and tile (``tl.dot``'s minimum K) inside one group: 4-bit groups of 128
 or more, 8-bit groups of 64 or more (per-channel included); other formats use ``triton_mma``.
@@ -25,11 +25,10 @@ from .triton_xplanes import x_planes
 
 @triton.jit
 def _mma_planes_kernel(
-    xp_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn, stride_om,
+    xp_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr,
+    M, N, K, KW, group, stride_wn, stride_sn, stride_zn, stride_om,
     BITS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    FUSE_X: tl.constexpr, SELF_REDUCE: tl.constexpr,
 ):
     EPW: tl.constexpr = 32 // BITS
     HALF: tl.constexpr = EPW // 2
@@ -65,21 +64,15 @@ def _mma_planes_kernel(
                 tl.float32, bitcast=True)
             plane = (q_shifted - (8388608.0 + zero * (1 << ((j % HALF) * BITS)))[:, None]).to(
                 xp_ptr.dtype.element_ty)
-            if FUSE_X:  # gathered from x here and scaled by 2^-p (exact): no regrouping pass
-                rk = rw * EPW + j
-                xt = tl.load(x_ptr + rm[None, :] * stride_xm + rk[:, None] * stride_xk,
-                             mask=(rk < K)[:, None] & m_mask[None, :], other=0.0)
-                xt = (xt.to(tl.float32) * (1.0 / (1 << ((j % HALF) * BITS)))).to(
-                    x_ptr.dtype.element_ty)
-            else:
-                xt = tl.load(xp_ptr + (j * M + rm[None, :]) * KW + rw[:, None],
-                             mask=(rw < KW)[:, None] & m_mask[None, :], other=0.0)
+            xt = tl.load(xp_ptr + (j * M + rm[None, :]) * KW + rw[:, None],
+                         mask=(rw < KW)[:, None] & m_mask[None, :], other=0.0)
             part = tl.dot(plane, xt, part)
         acc += part * scale[:, None]
-    store_result(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, rm[None, :] * stride_om + rn[:, None],
+    # Splits are summed by a second launch: summing in the kernel (as the half2 GEMV does) measured
+    # ~1.5 µs slower here (bench/gemv_sweep.py, M = 2-16).
+    store_result(acc, out_ptr, ws_ptr, ws_ptr, b_ptr, rm[None, :] * stride_om + rn[:, None],
                  rm[None, :] * N + rn[:, None], M * N, rn[:, None],
-                 n_mask[:, None] & m_mask[None, :], pid_k, pid_n * tl.num_programs(1) + pid_m,
-                 SPLIT_K, SELF_REDUCE, HAS_BIAS)
+                 n_mask[:, None] & m_mask[None, :], pid_k, 0, SPLIT_K, False, HAS_BIAS)
 
 
 def planes_fit(layout, block_k: int) -> bool:
@@ -95,16 +88,16 @@ def mma_planes(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
     m = x.shape[0]
     bk = layout.block_k(cfg.block_k)
     split = cfg.split_k
-    xp = x if cfg.fuse_x else x_planes(x, layout.bits, layout.kw, x.dtype)
+    xp = x_planes(x, layout.bits, layout.kw, x.dtype)
     grid = (triton.cdiv(layout.n, cfg.block_n), triton.cdiv(m, cfg.block_m), split)
-    res = SplitOutput(m, layout.n, x.dtype, x.device, split, grid[0] * grid[1])
+    res = SplitOutput(m, layout.n, x.dtype, x.device, split, grid[0] * grid[1], self_reduce=False)
     _mma_planes_kernel[grid](
-        xp, x, layout.packed, layout.scale, layout.zero_or_dummy,
-        bias if bias is not None else layout.scale, res.out, res.ws, res.counters_or_dummy,
-        m, layout.n, layout.k, layout.kw, layout.group_for(bk), x.stride(0), x.stride(1),
-        layout.packed.stride(0), layout.stride_s, layout.stride_z, res.out.stride(0),
+        xp, layout.packed, layout.scale, layout.zero_or_dummy,
+        bias if bias is not None else layout.scale, res.out, res.ws,
+        m, layout.n, layout.k, layout.kw, layout.group_for(bk), layout.packed.stride(0),
+        layout.stride_s, layout.stride_z, res.out.stride(0),
         BITS=layout.bits, BN=cfg.block_n, BM=cfg.block_m, BK=bk, SPLIT_K=split,
-        HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, FUSE_X=cfg.fuse_x,
-        SELF_REDUCE=res.self_reduce, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return res.finish(bias, x.dtype)

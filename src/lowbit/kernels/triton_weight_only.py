@@ -19,7 +19,6 @@ timed yet, to a fixed per-bucket default). Set ``LOWBIT_TRITON_TUNE=0`` to alway
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ class KernelConfig:
     unroll: int = 1           # gemv only: K tiles whose loads are issued together
     num_warps: int = 4
     num_stages: int = 3
-    fuse_x: bool = False      # gemv_half2 / planes: prepare x inside the kernel (no input pass)
+    fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
     maxnreg: int | None = None  # gemv_half2 only: register cap per thread (more warps per SM)
 
     def label(self) -> str:
@@ -116,8 +115,6 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
         ]
-        # each also gathering x in the kernel (no regrouping pass: one launch fewer)
-        planes += [dataclasses.replace(c, fuse_x=True) for c in planes]
         return half2 + planes + [
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
