@@ -260,15 +260,38 @@ def test_gemv_half2_small_batches_share_the_unpacked_codes(m):
     x = wide[:, ::2]  # stride 2 along K
     ref = reference64(x, layer)
     for split in (1, 2):
-        cfg = KernelConfig("gemv_half2", block_n=8, block_k=256, unroll=2, split_k=split)
-        out = weight_only_linear_triton(x, layer, cfg)
-        assert out.shape == (m, 24)
-        assert rel_err(out, ref) < BF16_TOL
-    # Pairing x in the kernel is batch 1 only; more rows than one program holds go elsewhere.
-    with pytest.raises(ValueError):
-        weight_only_linear_triton(x, layer, KernelConfig("gemv_half2", fuse_x=True))
+        for fuse_x in (False, True) if m <= 4 else (False,):
+            cfg = KernelConfig("gemv_half2", block_n=8, block_k=256, unroll=2, split_k=split,
+                               fuse_x=fuse_x)
+            out = weight_only_linear_triton(x, layer, cfg)
+            assert out.shape == (m, 24)
+            assert rel_err(out, ref) < BF16_TOL, cfg.label()
+    # x paired in the kernel for up to 4 rows; more rows than one program holds go elsewhere.
+    if m > 4:
+        with pytest.raises(ValueError):
+            weight_only_linear_triton(x, layer, KernelConfig("gemv_half2", fuse_x=True))
     with pytest.raises(ValueError):
         weight_only_linear_triton(random_x(9, 320, 1), layer, KernelConfig("gemv_half2"))
+
+
+@in_this_process
+@pytest.mark.parametrize("fuse_x", [False, True], ids=["x-pass", "x-fused"])
+def test_gemv_half2_reads_no_scale_or_zero_past_k(fuse_x):
+    # K = 320 in 256-input tiles: the last tile's last segments lie past K. Each row's scales
+    # and zeros are followed by poison (NaN scales; zeros that make an infinite float16), so
+    # reading a group past K anywhere (the last row's reads would run off the tensor) shows.
+    spec = FormatSpec(bits=4, sym=False, group_size=64)
+    layer = make_layer(24, 320, spec, bias=False, seed=31)
+    ref = reference64(random_x(2, 320, seed=32), layer)
+    for name, poison in (("weight_scale", float("nan")), ("weight_zero", 0x1800)):
+        t = getattr(layer, name)
+        padded = torch.full((t.shape[0], t.shape[1] + 4), poison, dtype=t.dtype)
+        padded[:, :t.shape[1]] = t
+        setattr(layer, name, padded[:, :t.shape[1]])
+    for split in (1, 2):
+        cfg = KernelConfig("gemv_half2", block_n=8, block_k=256, split_k=split, fuse_x=fuse_x)
+        out = weight_only_linear_triton(random_x(2, 320, seed=32), layer, cfg)
+        assert rel_err(out, ref) < BF16_TOL, cfg.label()
 
 
 @in_this_process

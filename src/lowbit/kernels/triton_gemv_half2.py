@@ -131,10 +131,53 @@ def dot_pairs(p0, p1, p2, p3, x0, x1, x2, x3, USE_PTX: tl.constexpr):
 
 
 @triton.jit
+def _stack_planes(r0, r1, r2, r3, BM: tl.constexpr):
+    """Two or four ``(NS, SW)`` tensors stacked along a new leading axis (rows in order)."""
+    if BM == 2:
+        out = tl.permute(tl.join(r0, r1), (2, 0, 1))
+    else:  # join(join(r0, r1), join(r2, r3))[..., i, k] is row 2k + i
+        j = tl.join(tl.join(r0, r1), tl.join(r2, r3))
+        out = tl.reshape(tl.permute(j, (3, 2, 0, 1)), (4, j.shape[0], j.shape[1]))
+    return out
+
+
+@triton.jit
+def _stack_scales(r0, r1, r2, r3, BM: tl.constexpr):
+    """The same for ``(NS,)`` tensors."""
+    if BM == 2:
+        out = tl.permute(tl.join(r0, r1), (1, 0))
+    else:
+        j = tl.join(tl.join(r0, r1), tl.join(r2, r3))
+        out = tl.reshape(tl.permute(j, (2, 1, 0)), (4, j.shape[0]))
+    return out
+
+
+@triton.jit
+def _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw, k_end, M, BM: tl.constexpr, NS: tl.constexpr,
+                  SW: tl.constexpr):
+    """``x_pairs`` for BM = 2 or 4 input rows (rows past M read nothing): planes ``(BM, NS, SW)``
+    and powers of two ``(BM, NS)``."""
+    a0, a1, a2, a3, ua = x_pairs(x_ptr, stride_xk, rw, k_end, NS, SW, TARGET_EXP_JIT)
+    b0, b1, b2, b3, ub = x_pairs(x_ptr + stride_xm, stride_xk, rw, tl.where(M > 1, k_end, 0), NS,
+                                 SW, TARGET_EXP_JIT)
+    if BM == 2:
+        c0, c1, c2, c3, uc = a0, a1, a2, a3, ua  # unused by the two-row stack
+        d0, d1, d2, d3, ud = a0, a1, a2, a3, ua
+    else:
+        c0, c1, c2, c3, uc = x_pairs(x_ptr + 2 * stride_xm, stride_xk, rw,
+                                     tl.where(M > 2, k_end, 0), NS, SW, TARGET_EXP_JIT)
+        d0, d1, d2, d3, ud = x_pairs(x_ptr + 3 * stride_xm, stride_xk, rw,
+                                     tl.where(M > 3, k_end, 0), NS, SW, TARGET_EXP_JIT)
+    return (_stack_planes(a0, b0, c0, d0, BM), _stack_planes(a1, b1, c1, d1, BM),
+            _stack_planes(a2, b2, c2, d2, BM), _stack_planes(a3, b3, c3, d3, BM),
+            _stack_scales(ua, ub, uc, ud, BM))
+
+
+@triton.jit
 def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
-               M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn,
-               BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr, HAS_ZERO: tl.constexpr,
-               XCHUNK: tl.constexpr, FUSE_X: tl.constexpr):
+               M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
+               BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
+               HAS_ZERO: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr):
     """Everything one K tile needs, as ``NS`` segments of ``SW`` words (a segment lies in one
     scale group and one 128-input chunk of the input scales): the words ``(BN, NS, SW)``, the
     rows' ``1024 + zero`` pairs and scales ``(BN, NS)``, the four input planes ``(BM, NS, SW)``
@@ -147,15 +190,21 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_ma
                     mask=live[:, None, None] & (rw < KW)[None, :, :], other=0)
     k0 = (tile * NS + seg) * (SW * 8)                                           # (NS,) first input
     g = k0 // group
-    scale = tl.load(s_ptr + rn[:, None] * stride_sn + g[None, :], mask=live[:, None],
+    # Segments past K have no scale group: reading one would run past the last row's scales
+    # (garbage there times a zero product can be NaN), so they get scale 0.
+    sz_mask = live[:, None] & (k0 < K)[None, :]
+    scale = tl.load(s_ptr + rn[:, None] * stride_sn + g[None, :], mask=sz_mask,
                     other=0.0).to(tl.float32)
     if HAS_ZERO:
-        zero = tl.load(z_ptr + rn[:, None] * stride_zn + g[None, :], mask=live[:, None], other=0)
+        zero = tl.load(z_ptr + rn[:, None] * stride_zn + g[None, :], mask=sz_mask, other=0)
     else:
         zero = tl.full((BN, NS), 8, tl.int32)
-    if FUSE_X:  # batch 1: pairs built here from x, one power of two per segment
+    if FUSE_X and BM == 1:  # pairs built here from x, one power of two per segment
         x0, x1, x2, x3, up = x_pairs(x_ptr, stride_xk, rw, tl.minimum(K, w_end * 8), NS, SW,
                                      TARGET_EXP_JIT)
+    elif FUSE_X:
+        x0, x1, x2, x3, up = _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw,
+                                           tl.minimum(K, w_end * 8), M, BM, NS, SW)
     else:  # pairs from the input pass (triton_xhalf2), one power of two per 128 inputs
         x_mask = m_mask[:, None, None] & (rw < w_end)[None, :, :]
         plane = xh_ptr + rm[:, None, None] * KW + rw[None, :, :]
@@ -172,9 +221,9 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_ma
 def _tile_product(words, zz, scale, x0, x1, x2, x3, up, BM: tl.constexpr, BN: tl.constexpr,
                   NS: tl.constexpr, SW: tl.constexpr, USE_PTX: tl.constexpr,
                   FUSED_ROW: tl.constexpr):
-    """``(BM, BN, NS, SW)`` float32 (``(BN, NS, SW)`` for ``FUSED_ROW``): each word's eight
-    products with each input row, scaled by the segment's weight scale and input power of two.
-    The codes are unpacked once and reused by every input row."""
+    """Each word's eight products with each input row, scaled by the segment's weight scale and
+    input power of two: ``(BN, NS, SW)`` float32 for ``FUSED_ROW`` (batch 1), else ``(BM, BN, NS)``
+    summed over the segment's words. The codes are unpacked once and reused by every input row."""
     shape: tl.constexpr = (BM, BN, NS, SW)
     p0, p1, p2, p3 = dequant_pairs(words, tl.broadcast_to(zz[:, :, None], (BN, NS, SW)), USE_PTX)
     if FUSED_ROW:  # batch 1, x paired in the kernel: three dimensions (a unit axis costs more)
@@ -189,14 +238,16 @@ def _tile_product(words, zz, scale, x0, x1, x2, x3, up, BM: tl.constexpr, BN: tl
                          tl.broadcast_to(x0[:, None], shape), tl.broadcast_to(x1[:, None], shape),
                          tl.broadcast_to(x2[:, None], shape), tl.broadcast_to(x3[:, None], shape),
                          USE_PTX)
-        part = part * (scale[None, :, :, None] * up[:, None, :, None])
+        # (BM, BN, NS): summed over the segment's words at once, so the accumulator does not
+        # grow with the batch (BM words of float32 per word held would spill)
+        part = tl.sum(part, axis=3) * (scale[None, :, :] * up[:, None, :])
     return part
 
 
 @triton.jit
 def _gemv_half2_kernel(
     xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, KC, group, stride_xk, stride_wn, stride_sn, stride_zn,
+    M, N, K, KW, KC, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
     BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
     UNROLL: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     USE_PTX: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr,
@@ -209,6 +260,7 @@ def _gemv_half2_kernel(
     # are issued before tile t is computed, so every program keeps a tile's bytes in flight
     # while it works.
     BK: tl.constexpr = NS * SW * 8
+    ROW1: tl.constexpr = FUSE_X and BM == 1  # batch 1, x paired here: three-dimensional tiles
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -220,39 +272,40 @@ def _gemv_half2_kernel(
     first = pid_k * per_split
     last = tl.minimum(first + per_split, k_tiles)
     w_end = tl.minimum(KW, last * (NS * SW))  # this split's words end here
-    if FUSE_X:
+    if ROW1:
         acc = tl.zeros((BN, NS, SW), tl.float32)
     else:
-        acc = tl.zeros((BM, BN, NS, SW), tl.float32)
+        acc = tl.zeros((BM, BN, NS), tl.float32)
     if UNROLL == 1:
         for tile in range(first, last):
             words, zz, sc, x0, x1, x2, x3, up = _load_tile(
                 xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
-                M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS,
-                SW, HAS_ZERO, XCHUNK, FUSE_X)
-            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, FUSE_X)
+                M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
+                BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
+            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, ROW1)
     else:
         words, zz, sc, x0, x1, x2, x3, up = _load_tile(
             xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, first, last,
-            M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN, NS,
-            SW, HAS_ZERO, XCHUNK, FUSE_X)
+            M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
+            BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
         for tile in range(first, last):
             n_words, n_zz, n_sc, n_x0, n_x1, n_x2, n_x3, n_up = _load_tile(
                 xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile + 1,
-                last, M, K, KW, KC, w_end, group, stride_xk, stride_wn, stride_sn, stride_zn, BN,
-                NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
-            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, FUSE_X)
+                last, M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn,
+                stride_zn, BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
+            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, ROW1)
             words, zz, sc, x0, x1, x2, x3, up = n_words, n_zz, n_sc, n_x0, n_x1, n_x2, n_x3, n_up
-    if FUSE_X:
+    if ROW1:
         total = tl.sum(tl.sum(acc, axis=2), axis=1)[None, :]                    # (1, BN)
     else:
-        total = tl.sum(tl.sum(acc, axis=3), axis=2)                             # (BM, BN)
+        total = tl.sum(acc, axis=2)                                             # (BM, BN)
     out_offs = rm[:, None] * N + rn[None, :]
     store_result(total, out_ptr, ws_ptr, cnt_ptr, b_ptr, out_offs, out_offs, M * N, rn[None, :],
                  m_mask[:, None] & n_mask[None, :], pid_k, pid_n, SPLIT_K, SELF_REDUCE, HAS_BIAS)
 
 
 MAX_ROWS = 8  # input rows one program multiplies on CUDA cores; larger batches go to tensor cores
+MAX_FUSED_ROWS = 4  # with x paired in the kernel (one x_pairs per row)
 
 
 def half2_segment(layout, block_k: int) -> int:
@@ -274,14 +327,15 @@ def _use_ptx(x: torch.Tensor) -> bool:
 def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
     """``x (M, K)`` times the layer's 4-bit weight → ``(M, N)`` in ``x``'s dtype, for small M
     (every row in one program: ``cfg.block_m`` ≥ M). The K tile is ``cfg.block_k`` inputs (a
-    power of two; at least one segment). ``cfg.fuse_x`` (batch 1 only) pairs x in the kernel
+    power of two; at least one segment). ``cfg.fuse_x`` (up to 4 rows) pairs x in the kernel
     instead of a separate pass."""
     m = x.shape[0]
     if not half2_fits(layout, cfg.block_k):
         raise ValueError("the half2 GEMV takes 4-bit codes with K tiles of whole segments")
     bm = 1 if m == 1 else max(2, triton.next_power_of_2(m))
-    if bm > MAX_ROWS or (cfg.fuse_x and m != 1):
-        raise ValueError(f"the half2 GEMV takes at most {MAX_ROWS} rows (x fused: 1), got {m}")
+    if bm > MAX_ROWS or (cfg.fuse_x and bm > MAX_FUSED_ROWS):
+        raise ValueError(f"the half2 GEMV takes at most {MAX_ROWS} rows ({MAX_FUSED_ROWS} with x "
+                         f"paired in the kernel), got {m}")
     seg = half2_segment(layout, cfg.block_k)
     split = cfg.split_k
     if cfg.fuse_x:
@@ -295,7 +349,7 @@ def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
     _gemv_half2_kernel[grid](
         xh, xe, x, layout.packed, layout.scale, layout.zero_or_dummy,
         bias if bias is not None else layout.scale, res.out, res.ws, res.counters_or_dummy,
-        m, layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(1),
+        m, layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(0), x.stride(1),
         layout.packed.stride(0), layout.stride_s, layout.stride_z,
         BM=bm, BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll,
         SPLIT_K=split, HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=_use_ptx(x),

@@ -70,11 +70,13 @@ def batch_bucket(m: int) -> int:
 HALF2_M1 = [(32, 256, 1, 1, True, None), (32, 256, 2, 1, True, None), (32, 256, 4, 1, True, None),
             (32, 256, 8, 1, True, None), (16, 256, 8, 1, True, None), (32, 512, 8, 2, True, None),
             (64, 256, 1, 2, False, None), (16, 256, 4, 1, True, 168)]
-# Batches 2-4 on CUDA cores (x paired by a small pass; the codes unpacked once for every row),
-# per batch bucket; fewer rows per program as the batch grows keep the accumulators in registers.
+# Batches 2-4 on CUDA cores (the codes unpacked once for every row; x paired in the kernel or by
+# a small pass), per batch bucket: (rows per program, K tile, split-K, warps, x in the kernel).
 # (At batch 8 they never beat the tensor-core kernels on the H100; at 2-4 only sometimes.)
-HALF2_SMALL = {2: [(32, 256, 1, 1), (32, 256, 2, 1), (32, 256, 4, 1), (16, 256, 8, 1)],
-               4: [(16, 256, 2, 1), (16, 256, 4, 1), (16, 256, 8, 1), (32, 256, 4, 2)]}
+HALF2_SMALL = {2: [(32, 256, 1, 1, True), (32, 256, 2, 1, True), (16, 256, 4, 1, True),
+                   (16, 256, 8, 1, True), (32, 256, 2, 1, False), (16, 256, 8, 1, False)],
+               4: [(16, 256, 2, 1, True), (16, 256, 4, 1, True), (16, 256, 8, 1, True),
+                   (8, 256, 8, 1, True), (16, 256, 4, 1, False), (32, 256, 4, 2, False)]}
 
 
 def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
@@ -105,7 +107,8 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
         ]
     half2 = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
-                          num_stages=1) for bn, bk, s, w in HALF2_SMALL.get(b, [])] if bits == 4 else []
+                          num_stages=1, fuse_x=fx)
+             for bn, bk, s, w, fx in HALF2_SMALL.get(b, [])] if bits == 4 else []
     if b <= 64:
         bm = max(16, b)
         planes = [
