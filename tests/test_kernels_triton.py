@@ -334,10 +334,10 @@ def test_dispatch_rules():
     assert [batch_bucket(m) for m in (1, 2, 3, 17, 64, 65, 5000)] == [1, 2, 4, 32, 64, 128, 4096]
     for m in (1, 2, 16, 64, 128, 1024):
         for bits in (4, 8):
-            # Batch-1 kernels only at batch 1; the half2 GEMV up to 8 rows (4-bit only).
+            # Batch-1 kernels only at batch 1; the half2 GEMV up to 2 rows (4-bit only).
             paths = {c.path for c in candidates(m, bits)}
             assert m == 1 or not paths & {"gemv", "gemv_planes"}
-            assert ("gemv_half2" in paths) == (bits == 4 and m <= 4)
+            assert ("gemv_half2" in paths) == (bits == 4 and m <= 2)
             assert default_config(m, bits).path in {c.path for c in candidates(m, bits)}
     # Batch 1: 4-bit layers take the half2 GEMV, 8-bit ones (which it cannot read) the others.
     assert {c.path for c in candidates(1, 4)} == {"gemv_half2"}

@@ -70,13 +70,12 @@ def batch_bucket(m: int) -> int:
 HALF2_M1 = [(32, 256, 1, 1, True, None), (32, 256, 2, 1, True, None), (32, 256, 4, 1, True, None),
             (32, 256, 8, 1, True, None), (16, 256, 8, 1, True, None), (32, 512, 8, 2, True, None),
             (64, 256, 1, 2, False, None), (16, 256, 4, 1, True, 168)]
-# Batches 2-4 on CUDA cores (the codes unpacked once for every row; x paired in the kernel or by
-# a small pass), per batch bucket: (rows per program, K tile, split-K, warps, x in the kernel).
-# (At batch 8 they never beat the tensor-core kernels on the H100; at 2-4 only sometimes.)
+# Batch 2 on CUDA cores (the codes unpacked once for both rows; x paired in the kernel or by a
+# small pass): (rows per program, K tile, split-K, warps, x in the kernel). On the H100 these beat
+# the tensor-core kernels at M = 2 on some shapes (4096x4096: 12.1 vs 14.7 us) and never at 4-8
+# (bench/results/gemv-sweep.json, gemv-sweep-small-batch.json), so larger batches do not try them.
 HALF2_SMALL = {2: [(32, 256, 1, 1, True), (32, 256, 2, 1, True), (16, 256, 4, 1, True),
-                   (16, 256, 8, 1, True), (32, 256, 2, 1, False), (16, 256, 8, 1, False)],
-               4: [(16, 256, 2, 1, True), (16, 256, 4, 1, True), (16, 256, 8, 1, True),
-                   (8, 256, 8, 1, True), (16, 256, 4, 1, False), (32, 256, 4, 2, False)]}
+                   (16, 256, 8, 1, True), (32, 256, 2, 1, False), (16, 256, 8, 1, False)]}
 
 
 def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
