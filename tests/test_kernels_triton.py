@@ -344,3 +344,32 @@ def test_dispatch_rules():
     assert "gemv_half2" not in {c.path for c in candidates(1, 8)}
     with pytest.raises(ValueError):
         weight_only_linear_triton(random_x(2, 256, 14), layer, KernelConfig("gemv"))
+
+
+def test_split_counters_are_never_freed_under_a_captured_graph():
+    # A graph captured with the old buffer keeps its address: growing must keep it alive.
+    import weakref
+
+    from lowbit.kernels import triton_splitk
+
+    dev = torch.device("cpu")
+    small = triton_splitk.split_counters(dev, 10)
+    old = weakref.ref(small)
+    del small
+    big = triton_splitk.split_counters(dev, 20000)
+    assert big.numel() >= 20000 and int(big.abs().sum()) == 0
+    assert old() is not None and old() is not big
+    assert triton_splitk.split_counters(dev, 5) is big  # the largest one serves smaller grids
+
+
+@in_this_process
+def test_tuner_falls_back_to_plain_triton_kernels_when_no_candidate_runs():
+    # If every candidate fails (here: no CUDA to time them on; on a GPU, a Triton that rejects
+    # the half2 GEMV's inline assembly), the choice must be a kernel without inline assembly.
+    from lowbit.kernels.triton_weight_only import _tune
+
+    layer = make_layer(16, 256, FormatSpec(bits=4, sym=False, group_size=128), False, seed=33)
+    x = random_x(1, 256, seed=34)
+    cfg = _tune(x, WeightLayout.of(layer), None, key=("test",))
+    assert cfg == default_config(1, bits=8) and cfg.path != "gemv_half2"
+    assert rel_err(weight_only_linear_triton(x, layer, cfg), reference64(x, layer)) < BF16_TOL

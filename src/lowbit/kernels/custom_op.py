@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import FormatSpec, dequantize, unpack
-from .triton_layout import WeightLayout
+from .triton_layout import WeightLayout, layout_supported
 
 
 @torch.library.custom_op("lowbit::weight_only_linear", mutates_args=())
@@ -29,7 +29,7 @@ def weight_only_linear_op(
     """``x (..., in_features)`` times the integer-coded weight ``(out, in_features)``, plus bias."""
     layout = WeightLayout(weight_packed, weight_scale, weight_zero, bits, group_size,
                           weight_packed.shape[0], in_features)
-    if x.is_cuda:
+    if x.is_cuda and layout_supported(layout, x):
         from .triton_register import _triton_impl
 
         if _triton_impl() is not None:

@@ -10,8 +10,9 @@ packed FMAs with the matching input pairs (``triton_xhalf2``) accumulate four pr
 The pair is then widened to float32 and summed, and multiplied by the group's scale times the
 chunk's power of two once per word. Per code: about 2.4 instructions instead of 5-7.
 
-Precision: products and the four-term sums are rounded to float16 (2^-11 relative), then
-everything is float32; the output's own bf16 rounding (2^-8) dominates. Range: see
+Precision: products and the four-term sums are rounded to float16 (2^-11 relative to the sum of
+the products' magnitudes), then everything is float32. For bfloat16 models the output's own
+rounding (2^-8) dominates; for float16 models both are 2^-11 (measured 4.6e-4 relative error). Range: see
 ``triton_xhalf2`` (no overflow for any finite input).
 
 The packed instructions are inline PTX, which Triton's CPU interpreter cannot run: there the same
@@ -321,7 +322,8 @@ def half2_fits(layout, block_k: int) -> bool:
 
 
 def _use_ptx(x: torch.Tensor) -> bool:
-    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+    """NVIDIA GPUs run the inline PTX; the interpreter and ROCm run the same steps in plain Triton."""
+    return x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:

@@ -71,9 +71,13 @@ def triton_supports(module, x: torch.Tensor) -> bool:
     spec = getattr(module, "spec", None)
     if spec is None or spec.kind != "int" or spec.bits not in TRITON_BITS:
         return False
-    if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != module.in_features:
+    return layout_supported(WeightLayout.of(module), x)
+
+
+def layout_supported(layout: WeightLayout, x: torch.Tensor) -> bool:
+    """The same from the buffers alone (integer codes of a width the kernels read assumed)."""
+    if layout.bits not in TRITON_BITS or x.dtype not in (torch.float16, torch.bfloat16):
         return False
-    if not module.weight_packed.is_contiguous():
+    if x.shape[-1] != layout.k or not layout.packed.is_contiguous():
         return False
-    layout = WeightLayout.of(module)
     return layout.block_k(128) >= 16  # tl.dot needs K tiles of at least 16

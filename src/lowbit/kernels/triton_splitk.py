@@ -97,17 +97,22 @@ def reduce_partials(ws: torch.Tensor, bias, dtype: torch.dtype) -> torch.Tensor:
 
 
 _COUNTERS: dict = {}
+_OUTGROWN: list = []  # counters replaced by larger ones: kept alive, graphs may still use them
 
 
 def split_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
     """Zeroed int32 arrival counters for ``tiles`` output tiles, kept per device and left zero by
-    every kernel that uses them. None while a CUDA graph is being captured and none exist yet
-    (an allocation there would belong to the graph's pool): the caller then sums in a second
-    launch instead."""
+    every kernel that uses them. None while a CUDA graph is being captured and none large enough
+    exist yet (an allocation there would belong to the graph's pool): the caller then sums in a
+    second launch instead. A buffer is never freed: CUDA graphs captured earlier keep its address,
+    so when a larger one is needed the old one is kept alive beside it."""
     key = (device.type, device.index)
     have = _COUNTERS.get(key)
     if have is None or have.numel() < tiles:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None
-        have = _COUNTERS[key] = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        if have is not None:
+            _OUTGROWN.append(have)
+        size = max(tiles, 16384)  # a 256k vocabulary in 16-row tiles
+        have = _COUNTERS[key] = torch.zeros(size, dtype=torch.int32, device=device)
     return have

@@ -221,7 +221,9 @@ def _tune(x2: torch.Tensor, layout: WeightLayout, bias, key: tuple) -> KernelCon
         if us < best_us:
             best, best_us = cfg, us
     TUNE_LOG[key] = timings
-    return best or default_config(x2.shape[0], layout.bits)
+    # Nothing compiled (e.g. a Triton that rejects a kernel's inline assembly): the plain Triton
+    # kernels of the 8-bit list read any code width the layout allows.
+    return best or default_config(x2.shape[0], bits=8)
 
 
 def choose_config(x2: torch.Tensor, layout: WeightLayout, bias) -> KernelConfig:

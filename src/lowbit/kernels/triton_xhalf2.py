@@ -39,7 +39,7 @@ def pow2_scale(amax, TARGET: tl.constexpr):
     all-zero chunk keeps scale 1."""
     exp = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # floor(log2(amax))
     e = tl.where(amax > 0, exp + 1 - TARGET, 0)
-    e = tl.minimum(tl.maximum(e, -120), 120)
+    e = tl.minimum(tl.maximum(e, -126), 126)  # 2^e and 2^-e stay normal float32
     down = ((127 - e) << 23).to(tl.float32, bitcast=True)
     up = ((127 + e) << 23).to(tl.float32, bitcast=True)
     return down, up
