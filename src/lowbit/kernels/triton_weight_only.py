@@ -32,7 +32,7 @@ from .triton_gemv_half2 import gemv_half2
 from .triton_gemv_planes import gemv_planes
 from .triton_layout import WeightLayout
 from .triton_mma import mma
-from .triton_mma_planes import mma_planes, planes_fit
+from .triton_mma_planes import mma_planes
 
 
 @dataclass(frozen=True)
