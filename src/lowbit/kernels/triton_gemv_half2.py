@@ -1,24 +1,27 @@
-"""Batch-1 GEMV for 4-bit codes with packed float16 arithmetic: two codes per instruction.
+"""GEMV for 4-bit codes with packed float16 arithmetic (two codes per instruction), batch 1-8.
 
-The other decode GEMVs spend four to seven instructions per 4-bit code (unpack, convert, FMA),
-which is as much issue time as the H100 needs to stream the weights, so they cannot get near the
-bandwidth floor. Here one int32 word (eight codes) becomes four float16 pairs with one shift and
-one ``lop3`` each: ``(word >> 4s) & 0x000F000F | 0x64006400`` reads as the pair
-``(1024 + q[8w+s], 1024 + q[8w+s+4])`` (1024 is float16's 2^10; OR-ing a nibble into its
-mantissa adds it exactly). One packed subtract of ``1024 + zero`` leaves ``q - zero`` exactly, and
-packed FMAs with the matching input pairs (``triton_xhalf2``) accumulate four products per half.
-The pair is then widened to float32 and summed, and multiplied by the group's scale times the
-chunk's power of two once per word. Per code: about 2.4 instructions instead of 5-7.
+One int32 word (eight codes) becomes four float16 pairs with one shift and one ``lop3`` each:
+``(word >> 4s) & 0x000F000F | 0x64006400`` reads as the pair ``(1024 + q[8w+s], 1024 + q[8w+s+4])``
+(1024 is float16's 2^10; OR-ing a nibble into its mantissa adds it exactly). One packed subtract
+of ``1024 + zero`` leaves ``q - zero`` exactly, and packed FMAs with the matching input pairs
+(``triton_xhalf2``) accumulate four products per half. The pair is then widened to float32 and
+summed, and multiplied by the segment's scale times the inputs' power of two. That is about 2.4
+arithmetic instructions per code (about 4 with addressing and the input pairing) where the other
+GEMVs spend 5-7. On the H100 that alone moved little: the speed came from the tile shape (256
+inputs, 128 contiguous bytes per row), issuing the next tile's loads before computing the current
+one, pairing x in the kernel and summing split-K in it (docs/KERNELS.md has the steps). With 2-8
+input rows the codes are unpacked once for all rows.
 
 Precision: products and the four-term sums are rounded to float16 (2^-11 relative to the sum of
 the products' magnitudes), then everything is float32. For bfloat16 models the output's own
-rounding (2^-8) dominates; for float16 models both are 2^-11 (measured 4.6e-4 relative error). Range: see
-``triton_xhalf2`` (no overflow for any finite input).
+rounding (2^-8) dominates; for float16 models both are 2^-11 (measured 4.6e-4 relative error).
+Range: see ``triton_xhalf2`` (no overflow for any finite input).
 
 The packed instructions are inline PTX, which Triton's CPU interpreter cannot run: there the same
 steps are emulated with integer and float ops (float16 roundings included), so the CI tests check
-the kernel's indexing, masking, split-K and scaling on the CPU, and the benchmark's correctness
-column checks the PTX on the GPU.
+the kernel's indexing, masking, split-K and scaling on the CPU, ``test_kernels_compile_sm90``
+checks the PTX assembles for the H100, and the benchmarks' correctness columns check it runs
+right on the GPU.
 """
 from __future__ import annotations
 
@@ -327,10 +330,9 @@ def _use_ptx(x: torch.Tensor) -> bool:
 
 
 def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
-    """``x (M, K)`` times the layer's 4-bit weight → ``(M, N)`` in ``x``'s dtype, for small M
-    (every row in one program: ``cfg.block_m`` ≥ M). The K tile is ``cfg.block_k`` inputs (a
-    power of two; at least one segment). ``cfg.fuse_x`` (up to 4 rows) pairs x in the kernel
-    instead of a separate pass."""
+    """``x (M, K)`` times the layer's 4-bit weight → ``(M, N)`` in ``x``'s dtype, for M ≤ 8 (every
+    program takes all rows). The K tile is ``cfg.block_k`` inputs (a power of two; at least one
+    segment). ``cfg.fuse_x`` (up to 4 rows) pairs x in the kernel instead of a separate pass."""
     m = x.shape[0]
     if not half2_fits(layout, cfg.block_k):
         raise ValueError("the half2 GEMV takes 4-bit codes with K tiles of whole segments")
