@@ -50,7 +50,8 @@ def x_pairs(x_ptr, stride_xk, rw, k_end, NS: tl.constexpr, SW: tl.constexpr,
             TARGET: tl.constexpr):
     """The four input planes of words ``rw (NS, SW)`` straight from x, with one power of two per
     segment (row of ``rw``): ``(x0, x1, x2, x3)`` int32 pairs and ``up (NS,)``. Used inside the
-    GEMV when it converts x itself; a segment of at most 128 inputs keeps the same bounds."""
+    GEMV when it converts x itself (a segment of at most 128 inputs keeps the same bounds) and by
+    the pass below, whose segments are the 128-input chunks."""
     rk = rw[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]               # (NS, SW, 8)
     v = tl.load(x_ptr + rk * stride_xk, mask=rk < k_end, other=0.0).to(tl.float32)
     down, up = pow2_scale(tl.max(tl.max(tl.abs(v), axis=2), axis=1), TARGET)
@@ -66,24 +67,19 @@ def x_pairs(x_ptr, stride_xk, rw, k_end, NS: tl.constexpr, SW: tl.constexpr,
 @triton.jit
 def _xhalf2_kernel(x_ptr, xh_ptr, xe_ptr, M, K, KW, KC, stride_xm, stride_xk,
                    CHUNKS: tl.constexpr, TARGET: tl.constexpr):
+    # The pairs the GEMV builds in-kernel (x_pairs), each 128-input chunk a segment, written out.
     CW: tl.constexpr = 16  # words per chunk
     m = tl.program_id(0)
     rc = tl.program_id(1) * CHUNKS + tl.arange(0, CHUNKS)
     rw = rc[:, None] * CW + tl.arange(0, CW)[None, :]           # (CHUNKS, CW) word index
-    row = x_ptr + m * stride_xm
-    amax = tl.zeros((CHUNKS,), tl.float32)
-    for j in tl.static_range(8):
-        rk = rw * 8 + j
-        v = tl.load(row + rk * stride_xk, mask=rk < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
-    down, up = pow2_scale(amax, TARGET)
+    x0, x1, x2, x3, up = x_pairs(x_ptr + m * stride_xm, stride_xk, rw, K, CHUNKS, CW, TARGET)
     tl.store(xe_ptr + m * KC + rc, up, mask=rc < KC)
-    for s in tl.static_range(4):
-        lo = tl.load(row + (rw * 8 + s) * stride_xk, mask=rw * 8 + s < K, other=0.0).to(tl.float32)
-        hi = tl.load(row + (rw * 8 + s + 4) * stride_xk, mask=rw * 8 + s + 4 < K,
-                     other=0.0).to(tl.float32)
-        bits = pair_bits(lo * down[:, None], hi * down[:, None])
-        tl.store(xh_ptr + (s * M + m) * KW + rw, bits, mask=rw < KW)
+    plane = xh_ptr + m * KW + rw
+    mask = rw < KW
+    tl.store(plane, x0, mask=mask)
+    tl.store(plane + M * KW, x1, mask=mask)
+    tl.store(plane + 2 * M * KW, x2, mask=mask)
+    tl.store(plane + 3 * M * KW, x3, mask=mask)
 
 
 def x_half2(x: torch.Tensor, kw: int) -> tuple[torch.Tensor, torch.Tensor]:
