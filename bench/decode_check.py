@@ -114,16 +114,11 @@ def load(args):
         cfg = LlamaConfig(hidden_size=192, intermediate_size=384, num_hidden_layers=2,
                           num_attention_heads=3, num_key_value_heads=1, vocab_size=500)
         return LlamaForCausalLM(cfg).eval(), torch.randint(0, 500, (2, 64))
-    from recipe_sweep_gpu import GGUF_NAME
+    from recipe_sweep_gpu import joined_gguf
 
     from lowbit.sources import load_model
 
-    gguf = args.dir / GGUF_NAME
-    if not gguf.exists():
-        with open(gguf, "wb") as f:
-            for part in (args.dir / "a" / "gguf.part0", args.dir / "b" / "gguf.part1"):
-                f.write(part.read_bytes())
-    fp, _ = load_model(str(gguf))
+    fp, _ = load_model(str(joined_gguf(args.dir)))
     return fp, torch.load(args.dir / "a" / "tokens.pt")["lee"]
 
 

@@ -127,6 +127,16 @@ def variant(name: str):
     return Recipe.from_dict(d), options, behaviours
 
 
+def joined_gguf(data: Path) -> Path:
+    """The GGUF that ``prepare`` split in two, joined once under ``data``."""
+    gguf = data / GGUF_NAME
+    if not gguf.exists():
+        with open(gguf, "wb") as f:
+            for part in (data / "a" / "gguf.part0", data / "b" / "gguf.part1"):
+                f.write(part.read_bytes())
+    return gguf
+
+
 def run(data: Path, names: list[str], out: Path) -> None:
     import torch
 
@@ -134,11 +144,7 @@ def run(data: Path, names: list[str], out: Path) -> None:
     from lowbit.eval.evaluate import evaluate
     from lowbit.sources import load_model
 
-    gguf = data / GGUF_NAME
-    if not gguf.exists():
-        with open(gguf, "wb") as f:
-            for part in (data / "a" / "gguf.part0", data / "b" / "gguf.part1"):
-                f.write(part.read_bytes())
+    gguf = joined_gguf(data)
     tokens = torch.load(data / "a" / "tokens.pt")
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 as on the CPU protocol
     torch.backends.cudnn.allow_tf32 = False

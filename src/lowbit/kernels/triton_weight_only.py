@@ -1,10 +1,11 @@
 """Weight-only QuantLinear on CUDA through Triton: pick a kernel per (shape, format, batch bucket).
 
-Three paths:
+The paths:
+- ``gemv_half2``: 4-bit at batch 1 (and 2), two codes per instruction in packed float16
+  arithmetic, x paired and scaled inside the kernel or by a small pass (``triton_gemv_half2``);
 - ``gemv``: batch 1 without tensor cores (``triton_gemv``), and ``gemv_planes``, the same with
-  fewer instructions per code after one small pass that regroups x (``triton_gemv_planes``);
-- ``gemv_half2``: batch 1, 4-bit, two codes per instruction in packed float16 arithmetic after a
-  small pass that pairs and scales x (``triton_gemv_half2``);
+  fewer instructions per code after one small pass that regroups x (``triton_gemv_planes``): what
+  8-bit layers take at batch 1;
 - ``mma``: dequantize in registers and dot on tensor cores, split-K for small batches
   (``triton_mma``, any group);
 - ``planes``: the same with cheaper dequantization, one dot per code position
@@ -42,7 +43,8 @@ class KernelConfig:
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
     split_k: int = 1
-    unroll: int = 1           # gemv only: K tiles whose loads are issued together
+    unroll: int = 1           # gemv paths: K tiles whose loads are issued together (half2: 2 =
+                              # the next tile's loads issued before the current one is computed)
     num_warps: int = 4
     num_stages: int = 3
     fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
