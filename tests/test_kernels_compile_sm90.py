@@ -1,4 +1,4 @@
-"""The half2 GEMV's inline PTX compiles for the H100 (sm_90), checked without a GPU.
+"""The half2 GEMV's and the pairs kernel's inline PTX compile for the H100 (sm_90), without a GPU.
 
 CI has no GPU, and the interpreter runs an emulation instead of the inline assembly, so a PTX
 typo or a Triton API change would only show on the GPU machine. Triton compiles for a named
@@ -46,11 +46,32 @@ SCRIPT = textwrap.dedent('''
         ptx = k.asm["ptx"]
         report[f"bm{bm}"] = {"lop3": ptx.count("lop3.b32"), "fma_f16x2": ptx.count("fma.rn.f16x2"),
                              "cubin_bytes": len(k.asm["cubin"])}
+
+    from lowbit.kernels import triton_mma_pairs as p
+    names = ["x_ptr", "wq_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "ws_ptr", "M", "N", "K", "KW",
+             "group", "stride_xm", "stride_xk", "stride_wn", "stride_sn", "stride_zn", "stride_om"]
+    for dt in ("bf16", "fp16"):
+        types = [f"*{dt}", "*i32", f"*{dt}", "*i32", f"*{dt}", f"*{dt}", "*fp32"]
+        sig = dict(zip(names, types + ["i32"] * (len(names) - len(types))))
+        consts = dict(BN=128, BM=16, BK=128, SPLIT_K=2, HAS_ZERO=True, HAS_BIAS=True, USE_PTX=True)
+        sig.update({c: "constexpr" for c in consts})
+        aligned = {"x_ptr", "wq_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "ws_ptr", "K", "KW",
+                   "stride_xm", "stride_wn", "stride_om"}
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+        src = triton.compiler.ASTSource(fn=p._mma_pairs_kernel, signature=sig, constexprs=consts,
+                                        attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 8, "num_stages": 3})
+        ptx = k.asm["ptx"]
+        packed = "bf16x2" if dt == "bf16" else "f16x2"
+        report[f"pairs_{dt}"] = {"lop3": ptx.count("lop3.b32"), "prmt": ptx.count("prmt.b32"),
+                                 "fma_packed": ptx.count(f"fma.rn.{packed}"),
+                                 "cubin_bytes": len(k.asm["cubin"])}
     print(json.dumps(report))
 ''')
 
 
-def test_half2_gemv_compiles_for_sm90_with_its_packed_instructions():
+def test_inline_ptx_kernels_compile_for_sm90_with_their_packed_instructions():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     src = os.path.join(os.path.dirname(__file__), "..", "src")
     env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
@@ -63,4 +84,8 @@ def test_half2_gemv_compiles_for_sm90_with_its_packed_instructions():
 
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for name, r in report.items():  # the inline assembly is in the compiled kernel
-        assert r["lop3"] >= 4 and r["fma_f16x2"] >= 3 and r["cubin_bytes"] > 0, (name, r)
+        if name.startswith("pairs"):
+            assert r["lop3"] >= 4 and r["prmt"] >= 4 and r["fma_packed"] >= 8, (name, r)
+        else:
+            assert r["lop3"] >= 4 and r["fma_f16x2"] >= 3, (name, r)
+        assert r["cubin_bytes"] > 0, (name, r)

@@ -21,11 +21,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from lowbit.algorithms.quantized_weight import QuantizedWeight  # noqa: E402
 from lowbit.formats import FormatSpec  # noqa: E402
 from lowbit.kernels import select_kernel  # noqa: E402
 from lowbit.kernels.triton_layout import WeightLayout, triton_supports  # noqa: E402
+from lowbit.kernels.triton_mma_pairs import dequant_tile  # noqa: E402
 from lowbit.kernels.triton_mma_planes import planes_fit  # noqa: E402
 from lowbit.kernels.triton_weight_only import (  # noqa: E402
     KernelConfig, batch_bucket, candidates, default_config, weight_only_linear_triton,
@@ -317,6 +320,64 @@ def test_gemv_half2_rejects_8_bit_codes():
     layer = make_layer(16, 128, FormatSpec(bits=8, sym=True, group_size=-1), bias=False, seed=23)
     with pytest.raises(ValueError):
         weight_only_linear_triton(random_x(1, 128, 24), layer, KernelConfig("gemv_half2"))
+
+
+PAIRS_FORMATS = [f for f in FORMATS if f.bits == 4] + [FormatSpec(bits=4, sym=True, group_size=-1)]
+
+
+@in_this_process
+@pytest.mark.parametrize("spec", PAIRS_FORMATS, ids=lambda s: s.label().replace(" ", "-"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (17, 1)])
+def test_pairs_matches_float64_with_codes_in_input_order(spec, dtype, m, split):
+    # K = 320: a partial last tile at every tile width; the codes are random, so a wrong order
+    # of codes within a word would show as a large error.
+    n, k = 40, 320 if spec.group_size <= 0 else 2 * 64 + spec.group_size * (256 // spec.group_size)
+    layer = make_layer(n, k, spec, bias=True, seed=hash((spec, m)) % 1000, dtype=dtype)
+    wide = random_x(m, 2 * k, seed=m + 3, dtype=dtype)
+    x = wide[:, ::2]  # non-contiguous input
+    cfg = KernelConfig("pairs", block_n=16, block_m=16, block_k=64, split_k=split)
+    out = weight_only_linear_triton(x, layer, cfg)
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert rel_err(out, reference64(x, layer)) < BF16_TOL
+
+
+@triton.jit
+def _pairs_tile_kernel(wq_ptr, z_ptr, s_ptr, out_ptr, BN: tl.constexpr, BW: tl.constexpr,
+                       DT: tl.constexpr):
+    rn = tl.arange(0, BN)
+    words = tl.load(wq_ptr + rn[:, None] * BW + tl.arange(0, BW)[None, :])
+    bits = tl.load(s_ptr + rn).to(tl.int16, bitcast=True).to(tl.int32)
+    w = dequant_tile(words, tl.load(z_ptr + rn), bits, DT, BN, BW, False)
+    tl.store(out_ptr + rn[:, None] * (BW * 8) + tl.arange(0, BW * 8)[None, :], w)
+
+
+@in_this_process
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_pairs_weights_equal_the_reference_dequantization(dtype):
+    # The tile the kernel multiplies is ((q - zero)·scale) rounded once to the input dtype, in
+    # input order: the reference's bits (float16 exactly; the interpreter truncates where it
+    # should round to bfloat16, so there within one unit in the last place).
+    layer = make_layer(16, 64, FormatSpec(bits=4, sym=False, group_size=-1), bias=False, seed=31,
+                       dtype=dtype)
+    out = torch.empty(16, 64, dtype=dtype)
+    _pairs_tile_kernel[(1,)](layer.weight_packed, layer.weight_zero[:, 0].contiguous(),
+                             layer.weight_scale[:, 0].contiguous(), out, BN=16, BW=8,
+                             DT=tl.bfloat16 if dtype == torch.bfloat16 else tl.float16)
+    ref = layer.dequantized_weight(torch.float32).to(dtype)
+    if dtype == torch.float16:
+        assert torch.equal(out, ref)
+    else:
+        ulp = ref.float().abs() * 2.0 ** -7
+        assert ((out.float() - ref.float()).abs() <= ulp).all()
+
+
+@in_this_process
+def test_pairs_needs_scales_in_the_input_dtype():
+    layer = make_layer(16, 128, FormatSpec(bits=4, sym=True, group_size=64), bias=False, seed=3)
+    x = random_x(4, 128, seed=4, dtype=torch.float16)  # bf16 scales
+    with pytest.raises(ValueError, match="scales in the input dtype"):
+        weight_only_linear_triton(x, layer, KernelConfig("pairs", block_m=16))
 
 
 @in_this_process

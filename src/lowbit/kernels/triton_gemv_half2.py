@@ -25,12 +25,12 @@ right on the GPU.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .triton_layout import inline_ptx_ok
 from .triton_splitk import SplitOutput, store_result
 from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
 
@@ -324,11 +324,6 @@ def half2_fits(layout, block_k: int) -> bool:
     return layout.bits == 4 and seg >= 16 and block_k >= seg and block_k % seg == 0
 
 
-def _use_ptx(x: torch.Tensor) -> bool:
-    """NVIDIA GPUs run the inline PTX; the interpreter and ROCm run the same steps in plain Triton."""
-    return x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
-
-
 def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
     """``x (M, K)`` times the layer's 4-bit weight → ``(M, N)`` in ``x``'s dtype, for M ≤ 8 (every
     program takes all rows). The K tile is ``cfg.block_k`` inputs (a power of two; at least one
@@ -356,7 +351,7 @@ def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
         m, layout.n, layout.k, layout.kw, kc, layout.group_for(seg), x.stride(0), x.stride(1),
         layout.packed.stride(0), layout.stride_s, layout.stride_z,
         BM=bm, BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll,
-        SPLIT_K=split, HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=_use_ptx(x),
+        SPLIT_K=split, HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=inline_ptx_ok(x),
         XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, SELF_REDUCE=res.self_reduce, num_warps=cfg.num_warps,
         num_stages=1, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

@@ -5,6 +5,7 @@ the module stores them (the compressed-tensors layout), so a checkpoint loads wi
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -81,3 +82,9 @@ def layout_supported(layout: WeightLayout, x: torch.Tensor) -> bool:
     if x.shape[-1] != layout.k or not layout.packed.is_contiguous():
         return False
     return layout.block_k(128) >= 16  # tl.dot needs K tiles of at least 16
+
+
+def inline_ptx_ok(x: torch.Tensor) -> bool:
+    """NVIDIA GPUs run the kernels' inline PTX; the interpreter and ROCm run the same steps in
+    plain Triton."""
+    return x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"

@@ -33,12 +33,14 @@ from .triton_gemv_half2 import gemv_half2
 from .triton_gemv_planes import gemv_planes
 from .triton_layout import WeightLayout
 from .triton_mma import mma
+from .triton_mma_pairs import mma_pairs
 from .triton_mma_planes import mma_planes
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    path: str                 # "gemv" | "gemv_planes" | "gemv_half2" | "mma" | "planes" | "dequant"
+    path: str                 # "gemv" | "gemv_planes" | "gemv_half2" | "mma" | "planes" | "pairs" |
+                              # "dequant"
     block_n: int = 64
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
@@ -119,7 +121,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
         ]
-        return half2 + planes + [
+        return half2 + planes + pairs_small(bm, bits) + [
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
@@ -130,12 +132,31 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
             KernelConfig("dequant"),
-        ]
-    return [
+        ] + pairs_large(b, bits)
+    return pairs_large(b, bits) + [
         KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
         KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
         KernelConfig("dequant"),
     ]
+
+
+def pairs_small(bm: int, bits: int) -> list[KernelConfig]:
+    """``pairs`` configs for batches up to 64 (4-bit only): split-K for parallelism."""
+    if bits != 4:
+        return []
+    return [KernelConfig("pairs", block_n=bn, block_m=bm, split_k=s, num_warps=w, num_stages=st)
+            for bn, s, w, st in ((64, 1, 4, 4), (64, 4, 4, 4), (128, 2, 8, 3), (128, 4, 8, 3),
+                                 (128, 1, 4, 3))]
+
+
+def pairs_large(b: int, bits: int) -> list[KernelConfig]:
+    """``pairs`` configs for batches above 64 (4-bit only)."""
+    if bits != 4:
+        return []
+    shapes = ((128, 64, 4), (128, 128, 8), (64, 128, 4)) if b <= 256 else (
+        (128, 128, 8), (128, 256, 8), (256, 128, 8))
+    return [KernelConfig("pairs", block_n=bn, block_m=bm, num_warps=w, num_stages=3)
+            for bn, bm, w in shapes]
 
 
 def default_config(m: int, bits: int = 4) -> KernelConfig:
@@ -163,6 +184,8 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
         return mma(x2, layout, bias, cfg)
     if cfg.path == "planes":
         return mma_planes(x2, layout, bias, cfg)
+    if cfg.path == "pairs":
+        return mma_pairs(x2, layout, bias, cfg)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
