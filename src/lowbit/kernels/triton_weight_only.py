@@ -121,7 +121,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
         ]
-        return half2 + planes + pairs_small(bm, bits) + [
+        return half2 + planes + pairs_configs(b, bits) + [
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
@@ -132,31 +132,32 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
             KernelConfig("dequant"),
-        ] + pairs_large(b, bits)
-    return pairs_large(b, bits) + [
+        ] + pairs_configs(b, bits)
+    return pairs_configs(b, bits) + [
         KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
         KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
         KernelConfig("dequant"),
     ]
 
 
-def pairs_small(bm: int, bits: int) -> list[KernelConfig]:
-    """``pairs`` configs for batches up to 64 (4-bit only): split-K for parallelism."""
-    if bits != 4:
-        return []
-    return [KernelConfig("pairs", block_n=bn, block_m=bm, split_k=s, num_warps=w, num_stages=st)
-            for bn, s, w, st in ((64, 1, 4, 4), (64, 4, 4, 4), (128, 2, 8, 3), (128, 4, 8, 3),
-                                 (128, 1, 4, 3))]
+# The packed-pair tensor-core kernel (4-bit, scales in the input dtype), the configs that won
+# somewhere in bench/gemv_sweep.py on the H100 (bench/results/gemv-sweep-pairs*.json): (rows per
+# program, split-K, warps, stages) for batches up to 64; (rows, batch columns, warps) above.
+# Computing out = x·W^T instead (the weight tile the dot's shared-memory operand, no register
+# shuffle through shared memory) measured slower at every batch but one (gemv-sweep-pairs-xfirst).
+PAIRS_SMALL = ((64, 1, 4, 4), (64, 4, 4, 4), (128, 2, 8, 3), (128, 4, 8, 3))
+PAIRS_LARGE = {256: ((64, 128, 4), (128, 128, 8)), 4096: ((128, 256, 8),)}
 
 
-def pairs_large(b: int, bits: int) -> list[KernelConfig]:
-    """``pairs`` configs for batches above 64 (4-bit only)."""
-    if bits != 4:
+def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
+    """``pairs`` configs for batch bucket ``b`` (4-bit only; none at batch 1)."""
+    if bits != 4 or b == 1:
         return []
-    shapes = ((128, 64, 4), (128, 128, 8), (64, 128, 4)) if b <= 256 else (
-        (128, 128, 8), (128, 256, 8), (256, 128, 8))
+    if b <= 64:
+        return [KernelConfig("pairs", block_n=bn, block_m=max(16, b), split_k=s, num_warps=w,
+                             num_stages=st) for bn, s, w, st in PAIRS_SMALL]
     return [KernelConfig("pairs", block_n=bn, block_m=bm, num_warps=w, num_stages=3)
-            for bn, bm, w in shapes]
+            for bn, bm, w in PAIRS_LARGE[256 if b <= 256 else 4096]]
 
 
 def default_config(m: int, bits: int = 4) -> KernelConfig:
