@@ -1,10 +1,10 @@
-"""The half2 GEMV's and the pairs kernel's inline PTX compile for the H100 (sm_90), without a GPU.
+"""The kernels with inline PTX (half2 GEMV, pairs, int8 GEMV) compile for the H100 (sm_90), no GPU.
 
 CI has no GPU, and the interpreter runs an emulation instead of the inline assembly, so a PTX
 typo or a Triton API change would only show on the GPU machine. Triton compiles for a named
-target without a device (its bundled ``ptxas`` assembles the PTX), so this test builds the batch-1
-and batch-2 kernels for sm_90 exactly as the dispatch launches them and checks the packed
-instructions reached the machine code. It runs in a fresh process: the kernel tests switch the
+target without a device (its bundled ``ptxas`` assembles the PTX), so this test builds the kernels
+for sm_90 as the dispatch launches them and checks their packed instructions (``lop3``/``prmt``
+with ``fma.rn.f16x2``/``bf16x2``, ``dp4a``) reached the compiled code. It runs in a fresh process: the kernel tests switch the
 whole pytest process to the interpreter, under which ``@triton.jit`` functions cannot be compiled.
 """
 from __future__ import annotations
@@ -67,6 +67,21 @@ SCRIPT = textwrap.dedent('''
         report[f"pairs_{dt}"] = {"lop3": ptx.count("lop3.b32"), "prmt": ptx.count("prmt.b32"),
                                  "fma_packed": ptx.count(f"fma.rn.{packed}"),
                                  "cubin_bytes": len(k.asm["cubin"])}
+
+    from lowbit.kernels import triton_int8_gemv as g
+    names = ["x_ptr", "w_ptr", "sw_ptr", "static_ptr", "b_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "M",
+             "N", "K", "KW", "stride_xm"]
+    types = ["*bf16", "*i32", "*fp32", "*fp32", "*bf16", "*bf16", "*i32", "*i32"]
+    sig = dict(zip(names, types + ["i32"] * (len(names) - len(types))))
+    consts = dict(BM=2, BN=32, BK=1024, SPLIT_K=2, XBLOCK=1024, STATIC=False, HAS_BIAS=True,
+                  USE_PTX=True)
+    sig.update({c: "constexpr" for c in consts})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names[:8] + ["K", "KW"]}
+    src = triton.compiler.ASTSource(fn=g._int8_gemv_kernel, signature=sig, constexprs=consts,
+                                    attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    report["int8_gemv"] = {"dp4a": k.asm["ptx"].count("dp4a.s32.s32"),
+                           "cubin_bytes": len(k.asm["cubin"])}
     print(json.dumps(report))
 ''')
 
@@ -84,7 +99,9 @@ def test_inline_ptx_kernels_compile_for_sm90_with_their_packed_instructions():
 
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for name, r in report.items():  # the inline assembly is in the compiled kernel
-        if name.startswith("pairs"):
+        if name == "int8_gemv":
+            assert r["dp4a"] >= 1, (name, r)
+        elif name.startswith("pairs"):
             assert r["lop3"] >= 4 and r["prmt"] >= 4 and r["fma_packed"] >= 8, (name, r)
         else:
             assert r["lop3"] >= 4 and r["fma_f16x2"] >= 3, (name, r)

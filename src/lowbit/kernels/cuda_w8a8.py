@@ -1,8 +1,10 @@
 """CUDA kernels of the W8A8 linears through PyTorch's built-in low-precision GEMMs.
 
-- int8: ``torch._int_mm`` (cuBLASLt, int32 accumulation) needs ``M > 16`` and ``K``, ``N``
-  multiples of 8; small batches are padded with zero rows (decode steps), other shapes take
-  the reference kernel (an exact float64 product: slow, correct).
+- int8: at batch 1-2 one Triton GEMV quantizes, multiplies (``dp4a``) and scales in a single
+  launch (kernels/triton_int8_gemv.py); from 128 tokens lowbit's Triton GEMM
+  (kernels/triton_int8_mm.py); in between ``torch._int_mm`` (cuBLASLt, int32 accumulation), which
+  needs ``M > 16`` (the batch is padded with zero rows). ``K``, ``N`` must be multiples of 8;
+  other shapes take the reference kernel (an exact float64 product: slow, correct).
 - FP8: ``torch._scaled_mm`` with row-wise scales (one per token, one per output row) applies
   both scales inside the GEMM; it needs compute capability 8.9+ (Ada, Hopper) and ``K``, ``N``
   multiples of 16 (``M`` is padded to 16). Row-wise scaling writes bfloat16, the dtype models
@@ -33,8 +35,8 @@ _TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first us
 def _triton_modules():
     if not _TRITON:
         try:
-            from . import triton_act_quant, triton_int8_mm
-            _TRITON.append((triton_act_quant, triton_int8_mm))
+            from . import triton_act_quant, triton_int8_gemv, triton_int8_mm
+            _TRITON.append((triton_act_quant, triton_int8_mm, triton_int8_gemv))
         except ImportError:
             _TRITON.append(None)
     return _TRITON[0]
@@ -82,6 +84,10 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     x2 = x.reshape(-1, module.in_features)
     m = x2.shape[0]
     mods = _triton_modules()
+    if mods is not None and m <= mods[2].DISPATCH_MAX_ROWS:  # decode: one launch, exact
+        y = mods[2].int8_gemv(x2, module.weight_codes, float32_weight_scale(module),
+                              module.input_scale, module.bias)
+        return y.reshape(*x.shape[:-1], module.out_features)
     if mods is not None and m >= FUSED_MIN_M:
         q, x_scale = quantize_input(x2, module.input_scale, fp8=False)
         y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, float32_weight_scale(module), module.bias,
