@@ -72,6 +72,21 @@ def test_split_counters_are_left_zero():
     assert int(split_counters(x.device, 3)[:3].abs().sum()) == 0
 
 
+@interpreted
+def test_custom_operator_runs_the_gemv_and_has_a_shape_only_fake():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import lowbit.kernels  # noqa: F401  (registers the operators)
+
+    x, codes, ws, bias = inputs(2, 256, 40, seed=9)
+    y = torch.ops.lowbit.w8a8_int8_gemv(x, codes, ws, None, bias)
+    assert torch.equal(y, exact_path(x, codes, ws, None, bias))
+    with FakeTensorMode() as mode:
+        fake = torch.ops.lowbit.w8a8_int8_gemv(mode.from_tensor(x), mode.from_tensor(codes),
+                                               mode.from_tensor(ws), None, None)
+    assert fake.shape == (2, 40) and fake.dtype == x.dtype
+
+
 def test_gemv_config_fills_the_gpu():
     from lowbit.kernels.triton_int8_gemv import gemv_config
 

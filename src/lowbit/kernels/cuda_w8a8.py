@@ -85,8 +85,11 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     m = x2.shape[0]
     mods = _triton_modules()
     if mods is not None and m <= mods[2].DISPATCH_MAX_ROWS:  # decode: one launch, exact
-        y = mods[2].int8_gemv(x2, module.weight_codes, float32_weight_scale(module),
-                              module.input_scale, module.bias)
+        args = (x2, module.weight_codes, float32_weight_scale(module), module.input_scale,
+                module.bias)
+        # Under torch.compile one opaque operator (its split-K counters stay out of the graph).
+        y = torch.ops.lowbit.w8a8_int8_gemv(*args) if torch.compiler.is_compiling() \
+            else mods[2].int8_gemv(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
     if mods is not None and m >= FUSED_MIN_M:
         q, x_scale = quantize_input(x2, module.input_scale, fp8=False)

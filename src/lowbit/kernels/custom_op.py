@@ -1,4 +1,5 @@
-"""The weight-only product as a PyTorch custom operator, ``lowbit::weight_only_linear``.
+"""lowbit's CUDA products as PyTorch custom operators: ``lowbit::weight_only_linear`` and
+``lowbit::w8a8_int8_gemv``.
 
 Under ``torch.compile`` a quantized model's linears must stay one opaque call each: tracing into
 the Triton dispatch would meet its tuner (which times candidates under CUDA graphs) and its
@@ -7,7 +8,10 @@ does not look into and fuses everything around it (norms, rotary embeddings, act
 at run time the call goes to the same dispatch as eager mode. Eager calls skip the operator
 (``torch.compiler.is_compiling()`` is false) and its dispatch overhead.
 
-The operator takes the layer's buffers and format fields, not the module, so it needs nothing
+``lowbit::w8a8_int8_gemv`` does the same for the W8A8 int8 decode GEMV (kernels/triton_int8_gemv.py),
+whose split-K arrival counters are process-wide state a traced graph must not capture.
+
+The operators take the layer's buffers and format fields, not the module, so they need nothing
 but tensors and numbers. CUDA tensors go to the Triton kernels (falling back to the reference
 when Triton is missing); any other device to the reference dequantize-then-matmul.
 """
@@ -83,3 +87,18 @@ def call_op(x: torch.Tensor, module) -> torch.Tensor:
     return torch.ops.lowbit.weight_only_linear(
         x, module.weight_packed, module.weight_scale, module.weight_zero, module.bias, spec.bits,
         spec.sym, spec.group_size, module.in_features)
+
+
+@torch.library.custom_op("lowbit::w8a8_int8_gemv", mutates_args=())
+def w8a8_int8_gemv_op(x: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torch.Tensor,
+                      input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x (M, K)`` (a few rows) through the one-launch int8 GEMV: per-token (or static) int8
+    inputs times the int8 ``codes (N, K)``, scaled → ``(M, N)`` in x's dtype (CUDA only)."""
+    from .triton_int8_gemv import int8_gemv
+
+    return int8_gemv(x, codes, weight_scale_f32, input_scale, bias)
+
+
+@w8a8_int8_gemv_op.register_fake
+def _w8a8_int8_gemv_shape(x, codes, weight_scale_f32, input_scale, bias):
+    return x.new_empty(x.shape[0], codes.shape[0])

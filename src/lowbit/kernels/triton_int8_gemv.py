@@ -159,10 +159,9 @@ def int8_gemv(x2: torch.Tensor, codes: torch.Tensor, w_scale_f32: torch.Tensor,
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     bm = max(1, triton.next_power_of_2(m))
     grid_n = triton.cdiv(n, block_n)
-    # One split when no counters exist yet while a graph is captured, or under torch.compile
-    # (the counters are process-wide state a traced graph should not capture).
-    compiling = torch.compiler.is_compiling()
-    counters = split_counters(x2.device, grid_n) if split_k > 1 and not compiling else None
+    # One split when no counters exist yet while a graph is captured (torch.compile reaches this
+    # through the lowbit::w8a8_int8_gemv operator, so its graph never holds the counters).
+    counters = split_counters(x2.device, grid_n) if split_k > 1 else None
     if counters is None:
         split_k = 1
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
