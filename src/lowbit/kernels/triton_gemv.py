@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .triton_dequant import load_codes_minus_zero
-from .triton_splitk import reduce_partials
+from .triton_splitk import reduce_partials, split_tiles
 
 
 @triton.jit
@@ -28,10 +28,7 @@ def _gemv_kernel(
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     n_mask = rn < N
-    k_tiles = tl.cdiv(K, BK)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, k_tiles)
+    first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     k_end = tl.minimum(K, last * BK)  # this split's inputs end here
     acc = tl.zeros((BN,), tl.float32)
     for step in range(first, last, UNROLL):

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .triton_layout import inline_ptx_ok
-from .triton_splitk import SplitOutput, store_result
+from .triton_splitk import SplitOutput, split_tiles, store_result
 from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
 
 _DEQUANT_PTX = tl.constexpr("""
@@ -271,10 +271,7 @@ def _gemv_half2_kernel(
     n_mask = rn < N
     rm = tl.arange(0, BM)
     m_mask = rm < M
-    k_tiles = tl.cdiv(K, BK)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, k_tiles)
+    first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     w_end = tl.minimum(KW, last * (NS * SW))  # this split's words end here
     if ROW1:
         acc = tl.zeros((BN, NS, SW), tl.float32)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .triton_layout import inline_ptx_ok
-from .triton_splitk import split_counters
+from .triton_splitk import split_counters, split_tiles
 
 MAX_ROWS = 4  # tokens one program can multiply
 # Up to this batch the dispatch takes the GEMV (H100, bench/results/int8-gemv-sweep.json: 1.5-1.9x
@@ -83,10 +83,7 @@ def _int8_gemv_kernel(
     n_mask = rn < N
     m_mask = rm < M
     scale = _token_scales(x_ptr, static_ptr, rm, m_mask, K, stride_xm, BM, XBLOCK, STATIC)
-    k_tiles = tl.cdiv(K, BK)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, k_tiles)
+    first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     acc = tl.zeros((BM, BN, BW), tl.int32)
     rw0 = tl.arange(0, BW)
     byte = tl.arange(0, 4)

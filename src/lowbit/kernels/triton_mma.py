@@ -13,7 +13,16 @@ import triton
 import triton.language as tl
 
 from .triton_dequant import load_codes_minus_zero
-from .triton_splitk import reduce_partials
+from .triton_splitk import reduce_partials, split_tiles
+
+
+@triton.jit
+def mma_program(N, M, BN: tl.constexpr, BM: tl.constexpr):
+    """This program's output rows ``rn`` (grid axis 0), batch rows ``rm`` (axis 1), their masks
+    and its K split (axis 2): the grid of every transposed tensor-core kernel here."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rm = tl.program_id(1) * BM + tl.arange(0, BM)
+    return rn, rm, rn < N, rm < M, tl.program_id(2)
 
 
 @triton.jit
@@ -23,17 +32,8 @@ def _mma_kernel(
     BITS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rm = pid_m * BM + tl.arange(0, BM)
-    n_mask = rn < N
-    m_mask = rm < M
-    k_tiles = tl.cdiv(K, BK)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, k_tiles)
+    rn, rm, n_mask, m_mask, pid_k = mma_program(N, M, BN, BM)
+    first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     acc = tl.zeros((BN, BM), tl.float32)
     for tile in range(first, last):
         qz, scale = load_codes_minus_zero(wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, KW, group,

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from .triton_layout import inline_ptx_ok
-from .triton_splitk import SplitOutput, store_result
+from .triton_mma import mma_program
+from .triton_splitk import SplitOutput, split_tiles, store_result
 
 # Per word: byte j of the word and of the word shifted right by 4 side by side (one prmt), so one
 # lop3 reads the pair (MAGIC + q[2j], MAGIC + q[2j+1]); FMA by 1 minus (MAGIC + zero) pairs ($5),
@@ -61,8 +62,6 @@ fma.rn.{T} $3, p3, $6, nz;
 # bfloat16: 128 = 0x4300 (ulp 1 on [128, 256)), 1.0 = 0x3F80; float16: 1024 = 0x6400, 1.0 = 0x3C00.
 _PTX_BF16 = tl.constexpr(_PAIRS_PTX.format(MAGIC="0x43004300", ONE="0x3f803f80", T="bf16x2"))
 _PTX_F16 = tl.constexpr(_PAIRS_PTX.format(MAGIC="0x64006400", ONE="0x3c003c00", T="f16x2"))
-MAGIC_BF16 = 0x4300
-MAGIC_F16 = 0x6400
 
 
 @triton.jit
@@ -134,17 +133,8 @@ def _mma_pairs_kernel(
 ):
     BW: tl.constexpr = BK // 8
     DT: tl.constexpr = x_ptr.dtype.element_ty
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rm = pid_m * BM + tl.arange(0, BM)
-    n_mask = rn < N
-    m_mask = rm < M
-    k_tiles = tl.cdiv(K, BK)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, k_tiles)
+    rn, rm, n_mask, m_mask, pid_k = mma_program(N, M, BN, BM)
+    first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     acc = tl.zeros((BN, BM), tl.float32)
     # 16-bit scales cannot ride the pipeliner's asynchronous copies (4 bytes at least), so each
     # tile's scales are loaded one tile ahead by hand instead of stalling every iteration.

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from .triton_dequant import load_scale_zero
-from .triton_splitk import SplitOutput, store_result
+from .triton_mma import mma_program
+from .triton_splitk import SplitOutput, split_tiles, store_result
 from .triton_xplanes import x_planes
 
 
@@ -34,17 +35,8 @@ def _mma_planes_kernel(
     HALF: tl.constexpr = EPW // 2
     BW: tl.constexpr = BK // EPW
     CODE_MASK: tl.constexpr = (1 << BITS) - 1
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rm = pid_m * BM + tl.arange(0, BM)
-    n_mask = rn < N
-    m_mask = rm < M
-    k_tiles = tl.cdiv(K, BK)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, k_tiles)
+    rn, rm, n_mask, m_mask, pid_k = mma_program(N, M, BN, BM)
+    first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     acc = tl.zeros((BN, BM), tl.float32)
     for tile in range(first, last):
         rw = tile * BW + tl.arange(0, BW)

@@ -20,6 +20,16 @@ import triton.language as tl
 
 
 @triton.jit
+def split_tiles(K, BK: tl.constexpr, SPLIT_K: tl.constexpr, pid_k):
+    """The K tiles ``[first, last)`` of split ``pid_k``: ``cdiv(K, BK)`` tiles dealt out in runs of
+    equal length (the last splits may get fewer, or none: an empty range adds nothing)."""
+    k_tiles = tl.cdiv(K, BK)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    first = pid_k * per_split
+    return first, tl.minimum(first + per_split, k_tiles)
+
+
+@triton.jit
 def _reduce_kernel(ws_ptr, b_ptr, out_ptr, MN, N, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
                    HAS_BIAS: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
