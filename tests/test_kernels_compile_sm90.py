@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent('''
         sig = dict(zip(names, types))
         consts = dict(BM=bm, BN=32 if bm == 1 else 16, NS=2, SW=16, UNROLL=2, SPLIT_K=2,
                       HAS_ZERO=True, HAS_BIAS=True, USE_PTX=True, XCHUNK=128, FUSE_X=fuse,
-                      SELF_REDUCE=True)
+                      SELF_REDUCE=True, PDL=True)
         sig.update({c: "constexpr" for c in consts})
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
         src = triton.compiler.ASTSource(fn=h._gemv_half2_kernel, signature=sig,
@@ -45,6 +45,7 @@ SCRIPT = textwrap.dedent('''
                            options={"num_warps": 1, "num_stages": 1})
         ptx = k.asm["ptx"]
         report[f"bm{bm}"] = {"lop3": ptx.count("lop3.b32"), "fma_f16x2": ptx.count("fma.rn.f16x2"),
+                             "pdl": ptx.count("griddepcontrol"),
                              "cubin_bytes": len(k.asm["cubin"])}
 
     from lowbit.kernels import triton_mma_pairs as p
@@ -103,6 +104,6 @@ def test_inline_ptx_kernels_compile_for_sm90_with_their_packed_instructions():
             assert r["dp4a"] >= 1, (name, r)
         elif name.startswith("pairs"):
             assert r["lop3"] >= 4 and r["prmt"] >= 4 and r["fma_packed"] >= 8, (name, r)
-        else:
-            assert r["lop3"] >= 4 and r["fma_f16x2"] >= 3, (name, r)
+        else:  # with programmatic dependent launch: the trigger and the wait
+            assert r["lop3"] >= 4 and r["fma_f16x2"] >= 3 and r["pdl"] >= 2, (name, r)
         assert r["cubin_bytes"] > 0, (name, r)

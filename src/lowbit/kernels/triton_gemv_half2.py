@@ -30,9 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_layout import inline_ptx_ok
+from .triton_layout import inline_ptx_ok, pdl_launch
 from .triton_splitk import SplitOutput, split_tiles, store_result
 from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
+
+try:  # grid dependency control (Triton 3.3+); only compiled in when PDL is on
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: pdl_ok() is false there
+    gdc_launch_dependents = gdc_wait = None
 
 _DEQUANT_PTX = tl.constexpr("""
 {
@@ -178,15 +183,11 @@ def _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw, k_end, M, BM: tl.constexpr, N
 
 
 @triton.jit
-def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
-               M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
-               BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
-               HAS_ZERO: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr):
-    """Everything one K tile needs, as ``NS`` segments of ``SW`` words (a segment lies in one
-    scale group and one 128-input chunk of the input scales): the words ``(BN, NS, SW)``, the
-    rows' ``1024 + zero`` pairs and scales ``(BN, NS)``, the four input planes ``(BM, NS, SW)``
-    and their powers of two ``(BM, NS)`` — without the leading axis when x is paired here (batch
-    1). A tile at or past ``last`` loads nothing (zero words and zero inputs add nothing)."""
+def _load_weights(wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, last, K, KW, group, stride_wn,
+                  stride_sn, stride_zn, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
+                  HAS_ZERO: tl.constexpr):
+    """The weight half of ``_load_tile``: words ``(BN, NS, SW)``, ``1024 + zero`` pairs and scales
+    ``(BN, NS)`` (nothing a preceding kernel writes, so it may be loaded before ``gdc_wait``)."""
     live = n_mask & ((tl.zeros((BN,), tl.int32) + tile) < last)
     seg = tl.arange(0, NS)
     rw = tile * (NS * SW) + seg[:, None] * SW + tl.arange(0, SW)[None, :]      # (NS, SW)
@@ -203,6 +204,16 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_ma
         zero = tl.load(z_ptr + rn[:, None] * stride_zn + g[None, :], mask=sz_mask, other=0)
     else:
         zero = tl.full((BN, NS), 8, tl.int32)
+    return words, (0x6400 + zero) * 0x10001, scale
+
+
+@triton.jit
+def _load_inputs(xh_ptr, xe_ptr, x_ptr, rm, m_mask, tile, M, K, KW, KC, w_end, stride_xm,
+                 stride_xk, BM: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
+                 XCHUNK: tl.constexpr, FUSE_X: tl.constexpr):
+    """The input half of ``_load_tile``: the four input planes and their powers of two."""
+    seg = tl.arange(0, NS)
+    rw = tile * (NS * SW) + seg[:, None] * SW + tl.arange(0, SW)[None, :]      # (NS, SW)
     if FUSE_X and BM == 1:  # pairs built here from x, one power of two per segment
         x0, x1, x2, x3, up = x_pairs(x_ptr, stride_xk, rw, tl.minimum(K, w_end * 8), NS, SW,
                                      TARGET_EXP_JIT)
@@ -210,6 +221,7 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_ma
         x0, x1, x2, x3, up = _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw,
                                            tl.minimum(K, w_end * 8), M, BM, NS, SW)
     else:  # pairs from the input pass (triton_xhalf2), one power of two per 128 inputs
+        k0 = (tile * NS + seg) * (SW * 8)
         x_mask = m_mask[:, None, None] & (rw < w_end)[None, :, :]
         plane = xh_ptr + rm[:, None, None] * KW + rw[None, :, :]
         x0 = tl.load(plane, mask=x_mask, other=0)
@@ -218,7 +230,29 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_ma
         x3 = tl.load(plane + 3 * M * KW, mask=x_mask, other=0)
         up = tl.load(xe_ptr + rm[:, None] * KC + tl.minimum(k0 // XCHUNK, KC - 1)[None, :],
                      mask=m_mask[:, None], other=0.0)
-    return words, (0x6400 + zero) * 0x10001, scale, x0, x1, x2, x3, up
+    return x0, x1, x2, x3, up
+
+
+@triton.jit
+def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
+               M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
+               BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
+               HAS_ZERO: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr,
+               PDL_WAIT: tl.constexpr = False):
+    """Everything one K tile needs, as ``NS`` segments of ``SW`` words (a segment lies in one
+    scale group and one 128-input chunk of the input scales): the words ``(BN, NS, SW)``, the
+    rows' ``1024 + zero`` pairs and scales ``(BN, NS)``, the four input planes ``(BM, NS, SW)``
+    and their powers of two ``(BM, NS)`` — without the leading axis when x is paired here (batch
+    1). A tile at or past ``last`` loads nothing (zero words and zero inputs add nothing).
+    ``PDL_WAIT``: the weights are requested, then the program waits for the preceding kernel
+    (programmatic dependent launch), then reads the inputs it wrote."""
+    words, zz, scale = _load_weights(wq_ptr, s_ptr, z_ptr, rn, n_mask, tile, last, K, KW, group,
+                                     stride_wn, stride_sn, stride_zn, BN, NS, SW, HAS_ZERO)
+    if PDL_WAIT:
+        gdc_wait()
+    x0, x1, x2, x3, up = _load_inputs(xh_ptr, xe_ptr, x_ptr, rm, m_mask, tile, M, K, KW, KC,
+                                      w_end, stride_xm, stride_xk, BM, NS, SW, XCHUNK, FUSE_X)
+    return words, zz, scale, x0, x1, x2, x3, up
 
 
 @triton.jit
@@ -255,7 +289,7 @@ def _gemv_half2_kernel(
     BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, SW: tl.constexpr,
     UNROLL: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     USE_PTX: tl.constexpr, XCHUNK: tl.constexpr, FUSE_X: tl.constexpr,
-    SELF_REDUCE: tl.constexpr,
+    SELF_REDUCE: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # A tile is BN rows by NS·SW words: several segments per row so that each row's read is
     # long and contiguous (128 bytes and more), whatever the group size. BM input rows (all of
@@ -263,8 +297,14 @@ def _gemv_half2_kernel(
     # UNROLL = 1: plain loop. UNROLL = 2: software-pipelined by hand — the loads of tile t + 1
     # are issued before tile t is computed, so every program keeps a tile's bytes in flight
     # while it works.
+    # PDL (programmatic dependent launch, Hopper): the next kernel may start as soon as every
+    # program here has begun, and this one requests its first weights before waiting for the
+    # previous kernel; nothing a preceding kernel writes (x, the workspace, the counters) is
+    # touched before that wait.
     BK: tl.constexpr = NS * SW * 8
     ROW1: tl.constexpr = FUSE_X and BM == 1  # batch 1, x paired here: three-dimensional tiles
+    if PDL:
+        gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -278,6 +318,8 @@ def _gemv_half2_kernel(
     else:
         acc = tl.zeros((BM, BN, NS), tl.float32)
     if UNROLL == 1:
+        if PDL:
+            gdc_wait()
         for tile in range(first, last):
             words, zz, sc, x0, x1, x2, x3, up = _load_tile(
                 xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
@@ -288,7 +330,7 @@ def _gemv_half2_kernel(
         words, zz, sc, x0, x1, x2, x3, up = _load_tile(
             xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, first, last,
             M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
-            BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
+            BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X, PDL)
         for tile in range(first, last):
             n_words, n_zz, n_sc, n_x0, n_x1, n_x2, n_x3, n_up = _load_tile(
                 xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile + 1,
@@ -350,6 +392,6 @@ def gemv_half2(x: torch.Tensor, layout, bias, cfg) -> torch.Tensor:
         BM=bm, BN=cfg.block_n, NS=cfg.block_k // seg, SW=seg // 8, UNROLL=cfg.unroll,
         SPLIT_K=split, HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None, USE_PTX=inline_ptx_ok(x),
         XCHUNK=CHUNK, FUSE_X=cfg.fuse_x, SELF_REDUCE=res.self_reduce, num_warps=cfg.num_warps,
-        num_stages=1, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
+        num_stages=1, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}), **pdl_launch(x),
     )
     return res.finish(bias, x.dtype)

@@ -88,3 +88,20 @@ def inline_ptx_ok(x: torch.Tensor) -> bool:
     """NVIDIA GPUs run the kernels' inline PTX; the interpreter and ROCm run the same steps in
     plain Triton."""
     return x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def pdl_ok(x: torch.Tensor) -> bool:
+    """Programmatic dependent launch (a kernel starting while the previous one drains): Hopper
+    and later with a Triton that has grid dependency control; ``LOWBIT_PDL=0`` turns it off."""
+    if not inline_ptx_ok(x) or os.environ.get("LOWBIT_PDL", "1") == "0":
+        return False
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
+def pdl_launch(x: torch.Tensor) -> dict:
+    """Launch options of a kernel written for PDL (its ``PDL`` constexpr and ``launch_pdl``)."""
+    return {"PDL": True, "launch_pdl": True} if pdl_ok(x) else {}
