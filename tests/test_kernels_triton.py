@@ -330,9 +330,11 @@ PAIRS_FORMATS = [f for f in FORMATS if f.bits == 4] + [FormatSpec(bits=4, sym=Tr
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (17, 1)])
 def test_pairs_matches_float64_with_codes_in_input_order(spec, dtype, m, split):
-    # K = 320: a partial last tile at every tile width; the codes are random, so a wrong order
-    # of codes within a word would show as a large error.
-    n, k = 40, 320 if spec.group_size <= 0 else 2 * 64 + spec.group_size * (256 // spec.group_size)
+    # Per-channel K = 200: 64-input tiles 64, 64, 64, 8 (a partial last tile), which three splits
+    # share as 2, 2 and none (an empty split must add nothing). Grouped formats: K = 384, six
+    # or twelve whole tiles. N = 40: a partial last block of rows. The codes are random, so a
+    # wrong order of codes within a word would show as a large error.
+    n, k = 40, 200 if spec.group_size <= 0 else 384
     layer = make_layer(n, k, spec, bias=True, seed=hash((spec, m)) % 1000, dtype=dtype)
     wide = random_x(m, 2 * k, seed=m + 3, dtype=dtype)
     x = wide[:, ::2]  # non-contiguous input

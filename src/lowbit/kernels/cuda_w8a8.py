@@ -84,9 +84,9 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     x2 = x.reshape(-1, module.in_features)
     m = x2.shape[0]
     mods = _triton_modules()
-    if mods is not None and m <= mods[2].DISPATCH_MAX_ROWS:  # decode: one launch, exact
-        args = (x2, module.weight_codes, float32_weight_scale(module), module.input_scale,
-                module.bias)
+    if mods is not None and m <= mods[2].DISPATCH_MAX_ROWS and module.weight_codes.is_contiguous():
+        # decode: one launch, exact; the kernel widens the row scales itself
+        args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
         # Under torch.compile one opaque operator (its split-K counters stay out of the graph).
         y = torch.ops.lowbit.w8a8_int8_gemv(*args) if torch.compiler.is_compiling() \
             else mods[2].int8_gemv(*args)

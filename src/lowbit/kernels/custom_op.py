@@ -90,15 +90,18 @@ def call_op(x: torch.Tensor, module) -> torch.Tensor:
 
 
 @torch.library.custom_op("lowbit::w8a8_int8_gemv", mutates_args=())
-def w8a8_int8_gemv_op(x: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torch.Tensor,
+def w8a8_int8_gemv_op(x: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
                       input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     """``x (M, K)`` (a few rows) through the one-launch int8 GEMV: per-token (or static) int8
-    inputs times the int8 ``codes (N, K)``, scaled → ``(M, N)`` in x's dtype (CUDA only)."""
+    inputs times the int8 ``codes (N, K)``, scaled → ``(M, N)`` in x's dtype (CUDA only).
+
+    It declares no mutated arguments: the split-K arrival counters it bumps are library state
+    that every call leaves at zero."""
     from .triton_int8_gemv import int8_gemv
 
-    return int8_gemv(x, codes, weight_scale_f32, input_scale, bias)
+    return int8_gemv(x, codes, weight_scale, input_scale, bias)
 
 
 @w8a8_int8_gemv_op.register_fake
-def _w8a8_int8_gemv_shape(x, codes, weight_scale_f32, input_scale, bias):
+def _w8a8_int8_gemv_shape(x, codes, weight_scale, input_scale, bias):
     return x.new_empty(x.shape[0], codes.shape[0])

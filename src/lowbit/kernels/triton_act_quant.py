@@ -4,10 +4,12 @@ passes over memory) by one pass.
 - ``quantize_rows``: per-token (or static) activation quantization, int8 or E4M3: one program
   per row; a row of up to 4096 values is read once and kept in registers, a longer one is read
   once for the absmax and once to write the codes. The arithmetic is
-  kernels/activations.py's (an IEEE division ``x / scale`` in float32, round half to even, clamp;
+  kernels/activations.py's (IEEE divisions ``amax / 127.5`` and ``x / scale`` in float32 — Triton's
+  plain ``/`` compiles to an approximate division on NVIDIA GPUs — round half to even, clamp;
   E4M3 by the saturating round-to-nearest-even conversion), so the codes equal PyTorch's.
 - ``scale_int32``: the int8 GEMM's epilogue, ``acc · s_x · s_wᵀ (+ bias)`` from int32 to the
-  output dtype in one pass (PyTorch takes four: cast, two products, cast).
+  output dtype in one pass (PyTorch takes four: cast, two products, cast), without fused
+  multiply-adds, so each product and the sum round as PyTorch's separate ops do.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
         if STATIC:
             scale = tl.load(static_ptr).to(tl.float32)
         else:
-            scale = tl.maximum(tl.max(tl.abs(x), axis=0) / DIVISOR, TINY)
+            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), DIVISOR), TINY)
         tl.store(s_ptr + row, scale)
         tl.store(q_ptr + row * stride_q + offs, _codes(x, scale, FP8), mask=mask)
     else:
@@ -54,7 +56,7 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
             for k0 in range(0, K, BLOCK):
                 x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=k0 + offs < k_read, other=0.0)
                 amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-            scale = tl.maximum(tl.max(amax, axis=0) / DIVISOR, TINY)
+            scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), DIVISOR), TINY)
         tl.store(s_ptr + row, scale)
         for k0 in range(0, K, BLOCK):
             mask = k0 + offs < K
@@ -102,5 +104,6 @@ def scale_int32(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
     out = torch.empty(M, N, device=acc.device, dtype=dtype)
     grid = (triton.cdiv(M, 32), triton.cdiv(N, 128))
     _scale_int32[grid](acc, x_scale.reshape(-1), w_scale.reshape(-1), bias if bias is not None else acc, out,
-                       M, N, acc.stride(0), out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=32, BLOCK_N=128)
+                       M, N, acc.stride(0), out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=32, BLOCK_N=128,
+                       enable_fp_fusion=False)
     return out

@@ -4,10 +4,11 @@ At batch 1-4 the int8 layer is bound by reading its int8 weights, yet the ``torc
 spends three launches on it (the input pass, the GEMM with the batch padded to 17 rows, the
 scaling epilogue), which at decode cost as much as the weight read saves (a Llama-3-8B decode
 step measured 1.01x bf16). Here each program computes its tokens' scales from their absmax
-(``kernels/activations.py``'s arithmetic, as ``triton_act_quant`` does, so the codes are the
-same), quantizes each K tile of the inputs four codes to a word, and multiplies with ``dp4a``
+(``kernels/activations.py``'s arithmetic with IEEE divisions, as ``triton_act_quant`` does, so
+the codes are the same), quantizes each K tile of the inputs four codes to a word, and multiplies with ``dp4a``
 (four int8 products summed into an int32 per instruction; the interpreter computes the same
-integers with shifts). The int32 sums are exact, so the result equals the reference kernel's;
+integers with shifts). The int32 sums are exact and the epilogue rounds as the reference's float32 ops do (no fused
+multiply-adds), so the result equals the reference kernel's;
 split-K slices are int32 too and the last program to arrive adds them in split order before
 scaling (one launch, the counters of ``triton_splitk``).
 """
@@ -64,7 +65,7 @@ def _token_scales(x_ptr, static_ptr, rm, m_mask, K, stride_xm, BM: tl.constexpr,
             x = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 + offs)[None, :],
                         mask=m_mask[:, None] & (k0 + offs < K)[None, :], other=0.0)
             amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-        scale = tl.maximum(tl.max(amax, axis=1) / 127.5, TINY)
+        scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=1), 127.5), TINY)  # IEEE, as PyTorch
     return scale
 
 
@@ -120,7 +121,7 @@ def _int8_gemv_kernel(
 def _store_scaled(total, scale, sw_ptr, b_ptr, out_ptr, rn, n_mask, offs, mask,
                   HAS_BIAS: tl.constexpr):
     """``total · s_x · s_w (+ bias)`` in the output dtype: ``reference_w8a8.scale_output``'s order."""
-    sw = tl.load(sw_ptr + rn, mask=n_mask, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
     y = total.to(tl.float32) * scale[:, None] * sw[None, :]
     if HAS_BIAS:
         y = y + tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -139,11 +140,12 @@ def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
     return 32, block_k, split, 4
 
 
-def int8_gemv(x2: torch.Tensor, codes: torch.Tensor, w_scale_f32: torch.Tensor,
+def int8_gemv(x2: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor,
               static_scale: torch.Tensor | None, bias: torch.Tensor | None,
               block_n: int | None = None, block_k: int = 256, split_k: int = 2,
               num_warps: int = 2):
-    """``x2 (M, K)`` (M ≤ 4) against int8 ``codes (N, K)`` with float32 row scales → ``(M, N)``.
+    """``x2 (M, K)`` (M ≤ 4) against int8 ``codes (N, K)`` with row scales ``w_scale`` (``(N,)`` or
+    ``(N, 1)``, any float dtype: widened to float32 in the kernel, exactly) → ``(M, N)``.
 
     Dynamic per-token input scales unless ``static_scale`` is given. Without ``block_n`` the
     config is ``gemv_config``'s."""
@@ -154,6 +156,9 @@ def int8_gemv(x2: torch.Tensor, codes: torch.Tensor, w_scale_f32: torch.Tensor,
     if m > MAX_ROWS or k % 4 or not codes.is_contiguous():
         raise ValueError(f"int8 GEMV: at most {MAX_ROWS} rows and contiguous codes with K % 4 == 0")
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
+    w_scale = w_scale.reshape(-1)
+    if w_scale.stride(0) != 1:
+        w_scale = w_scale.contiguous()
     bm = max(1, triton.next_power_of_2(m))
     grid_n = triton.cdiv(n, block_n)
     # One split when no counters exist yet while a graph is captured (torch.compile reaches this
@@ -165,10 +170,11 @@ def int8_gemv(x2: torch.Tensor, codes: torch.Tensor, w_scale_f32: torch.Tensor,
     ws = torch.empty(split_k, m, n, dtype=torch.int32, device=x2.device) if split_k > 1 else out
     static = static_scale is not None
     _int8_gemv_kernel[(grid_n, split_k)](
-        x2, codes.view(torch.int32), w_scale_f32, static_scale.float() if static else w_scale_f32,
-        bias if bias is not None else w_scale_f32, out, ws, counters if counters is not None else ws,
+        x2, codes.view(torch.int32), w_scale, static_scale.float() if static else w_scale,
+        bias if bias is not None else w_scale, out, ws, counters if counters is not None else ws,
         m, n, k, k // 4, x2.stride(0),
         BM=bm, BN=block_n, BK=block_k, SPLIT_K=split_k, XBLOCK=min(1024, triton.next_power_of_2(k)),
         STATIC=static, HAS_BIAS=bias is not None, USE_PTX=inline_ptx_ok(x2), num_warps=num_warps,
+        enable_fp_fusion=False,  # products and the bias sum round separately, as the reference's
     )
     return out

@@ -5,6 +5,7 @@ the module stores them (the compressed-tensors layout), so a checkpoint loads wi
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -95,11 +96,16 @@ def pdl_ok(x: torch.Tensor) -> bool:
     and later with a Triton that has grid dependency control; ``LOWBIT_PDL=0`` turns it off."""
     if not inline_ptx_ok(x) or os.environ.get("LOWBIT_PDL", "1") == "0":
         return False
+    return _pdl_device(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_device(index: int) -> bool:
     try:
         from triton.language.extra.cuda import gdc_wait  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.get_device_capability(x.device)[0] >= 9
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def pdl_launch(x: torch.Tensor) -> dict:
