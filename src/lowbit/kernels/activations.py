@@ -22,8 +22,16 @@ def token_absmax(x: torch.Tensor) -> torch.Tensor:
     return x.abs().amax(1, keepdim=True).float()
 
 
+def ieee_divide(a: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``a / divisor`` correctly rounded on every device. PyTorch's CUDA kernels multiply by the
+    reciprocal when the divisor is a Python number (one rounding more, so some quotients differ
+    from the CPU's); dividing by a tensor of it is an IEEE division everywhere, as lowbit's
+    Triton kernels divide (``div_rn``)."""
+    return a / torch.full_like(a, divisor)
+
+
 def int8_scale(amax: torch.Tensor) -> torch.Tensor:
-    return (amax.float() / INT8_HALF_RANGE).clamp_min(_TINY)
+    return ieee_divide(amax.float(), INT8_HALF_RANGE).clamp_min(_TINY)
 
 
 def quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -41,7 +49,7 @@ def int8_per_token(x: torch.Tensor, static_scale: torch.Tensor | None = None):
 def fp8_per_token(x: torch.Tensor, static_scale: torch.Tensor | None = None):
     """E4M3 codes and their float32 scale ``(M, 1)``, dynamic per token or static."""
     if static_scale is None:
-        scale = (token_absmax(x) / E4M3_MAX).clamp_min(_TINY)
+        scale = ieee_divide(token_absmax(x), E4M3_MAX).clamp_min(_TINY)
     else:
         scale = static_scale.float().reshape(1, 1).expand(x.shape[0], 1)
     return to_fp8(x, scale), scale
