@@ -16,19 +16,39 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 _TINY = torch.finfo(torch.float32).tiny
 
 
 @triton.jit
+def int8_codes(x, scale):
+    """``round(x / scale)`` clamped to [-128, 127] (as int32), as ``kernels/activations.quantize_int8``
+    computes it: an IEEE division, then round half to even by adding and subtracting 1.5·2^23
+    (exact for |y| < 2^22, which the first clamp guarantees; Triton's CPU interpreter has no
+    ``rint``, so the same arithmetic runs in CI and on the GPU)."""
+    y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -256.0), 256.0)
+    r = (y + 12582912.0) - 12582912.0
+    return tl.minimum(tl.maximum(r, -128.0), 127.0).to(tl.int32)
+
+
+@triton.jit
+def scaled_rows(acc, sx, sw_ptr, b_ptr, rn, n_mask, HAS_BIAS: tl.constexpr):
+    """Float32 ``acc · s_x · s_wᵀ (+ bias)`` for token scales ``sx (BM,)`` and output rows ``rn``:
+    ``reference_w8a8.scale_output``'s order (launch without FMA contraction to keep its roundings)."""
+    sw = tl.load(sw_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+    y = acc * sx[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+@triton.jit
 def _codes(x, scale, FP8: tl.constexpr):
-    y = tl.math.div_rn(x, scale)
     if FP8:
-        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
         q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
     else:
-        q = tl.minimum(tl.maximum(libdevice.rint(y), -128.0), 127.0).to(tl.int8)
+        q = int8_codes(x, scale).to(tl.int8)
     return q
 
 
@@ -90,10 +110,7 @@ def _scale_int32(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, stride_acc, s
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     acc = tl.load(acc_ptr + rm[:, None].to(tl.int64) * stride_acc + rn[None, :], mask=mask, other=0).to(tl.float32)
     sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
-    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
-    y = acc * sx[:, None] * sw[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    y = scaled_rows(acc, sx, sw_ptr, bias_ptr, rn, rn < N, HAS_BIAS)
     tl.store(out_ptr + rm[:, None].to(tl.int64) * stride_out + rn[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_act_quant import int8_codes, scaled_rows
 from .triton_layout import inline_ptx_ok
 from .triton_splitk import split_counters, split_tiles
 
@@ -40,16 +41,6 @@ def _dp4a(w, x, acc, USE_PTX: tl.constexpr):
         for j in tl.static_range(4):
             out += ((w << (24 - 8 * j)) >> 24) * ((x << (24 - 8 * j)) >> 24)
     return out
-
-
-@triton.jit
-def _int8_codes(x, scale):
-    """``round(x / scale)`` clamped to int8, as ``kernels/activations.quantize_int8`` computes it:
-    an IEEE division, then round half to even by adding and subtracting 1.5·2^23 (exact for
-    |y| < 2^22, which the first clamp guarantees; the interpreter has no ``rint``)."""
-    y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -256.0), 256.0)
-    r = (y + 12582912.0) - 12582912.0
-    return tl.minimum(tl.maximum(r, -128.0), 127.0).to(tl.int32)
 
 
 @triton.jit
@@ -95,7 +86,7 @@ def _int8_gemv_kernel(
         rk = rw[:, None] * 4 + byte[None, :]                                       # (BW, 4)
         x = tl.load(x_ptr + rm[:, None, None] * stride_xm + rk[None, :, :],
                     mask=m_mask[:, None, None] & (rk < K)[None, :, :], other=0.0)
-        q = _int8_codes(x.to(tl.float32), scale[:, None, None]) & 0xFF
+        q = int8_codes(x.to(tl.float32), scale[:, None, None]) & 0xFF
         xw = tl.sum(q << (8 * byte)[None, None, :], axis=2)                       # (BM, BW)
         acc = _dp4a(tl.broadcast_to(words[None, :, :], (BM, BN, BW)),
                     tl.broadcast_to(xw[:, None, :], (BM, BN, BW)), acc, USE_PTX)
@@ -121,10 +112,7 @@ def _int8_gemv_kernel(
 def _store_scaled(total, scale, sw_ptr, b_ptr, out_ptr, rn, n_mask, offs, mask,
                   HAS_BIAS: tl.constexpr):
     """``total · s_x · s_w (+ bias)`` in the output dtype: ``reference_w8a8.scale_output``'s order."""
-    sw = tl.load(sw_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-    y = total.to(tl.float32) * scale[:, None] * sw[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    y = scaled_rows(total.to(tl.float32), scale, sw_ptr, b_ptr, rn, n_mask, HAS_BIAS)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
