@@ -1,4 +1,4 @@
-"""The kernels with inline PTX (half2 GEMV, pairs, int8 GEMV) compile for the H100 (sm_90), no GPU.
+"""The kernels with inline PTX (half2 GEMV, pairs, frag, int8 GEMV) compile for the H100 (sm_90), no GPU.
 
 CI has no GPU, and the interpreter runs an emulation instead of the inline assembly, so a PTX
 typo or a Triton API change would only show on the GPU machine. Triton compiles for a named
@@ -69,6 +69,28 @@ SCRIPT = textwrap.dedent('''
                                  "fma_packed": ptx.count(f"fma.rn.{packed}"),
                                  "cubin_bytes": len(k.asm["cubin"])}
 
+    import re
+    from lowbit.kernels import triton_mma_frag as f
+    names = ["x_ptr", "wf_ptr", "meta_ptr", "b_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K",
+             "KBLK", "GROUPS", "stride_xm", "stride_xk", "stride_om"]
+    types = ["*bf16", "*i32", "*i32", "*bf16", "*bf16", "*fp32", "*i32"]
+    sig = dict(zip(names, types + ["i32"] * (len(names) - len(types))))
+    consts = dict(BN=64, BM=16, KBT=1, BLOCKS_PER_GROUP=2, SPLIT_K=4, HAS_BIAS=True, USE_PTX=True,
+                  SELF_REDUCE=True)
+    sig.update({c: "constexpr" for c in consts})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names[:7] + ["K", "KBLK"]}
+    src = triton.compiler.ASTSource(fn=f._mma_frag_kernel, signature=sig, constexprs=consts,
+                                    attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "num_stages": 4})
+    ptx = k.asm["ptx"]
+    # the dequantized tile is the tensor-core instruction's register operand (no shared memory)
+    reg_operand = re.search(r"warp_group_dot \S+, .*: tensor<\d+x\d+xbf16, "
+                            r"#ttg\.dot_op<\{opIdx = 0", k.asm["ttgir"]) is not None
+    report["frag"] = {"lop3": ptx.count("lop3.b32"), "prmt": ptx.count("prmt.b32"),
+                      "fma_packed": ptx.count("fma.rn.bf16x2"), "wgmma": ptx.count("wgmma.mma_async"),
+                      "register_operand": reg_operand, "cubin_bytes": len(k.asm["cubin"])}
+
     from lowbit.kernels import triton_int8_gemv as g
     names = ["x_ptr", "w_ptr", "sw_ptr", "static_ptr", "b_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "M",
              "N", "K", "KW", "stride_xm"]
@@ -104,6 +126,9 @@ def test_inline_ptx_kernels_compile_for_sm90_with_their_packed_instructions():
             assert r["dp4a"] >= 1, (name, r)
         elif name.startswith("pairs"):
             assert r["lop3"] >= 4 and r["prmt"] >= 4 and r["fma_packed"] >= 8, (name, r)
+        elif name == "frag":
+            assert r["lop3"] >= 4 and r["prmt"] >= 4 and r["fma_packed"] >= 8, (name, r)
+            assert r["wgmma"] >= 1 and r["register_operand"], (name, r)
         else:  # with programmatic dependent launch: the trigger and the wait
             assert r["lop3"] >= 4 and r["fma_f16x2"] >= 3 and r["pdl"] >= 2, (name, r)
         assert r["cubin_bytes"] > 0, (name, r)

@@ -25,7 +25,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from lowbit.algorithms.quantized_weight import QuantizedWeight  # noqa: E402
-from lowbit.formats import FormatSpec  # noqa: E402
+from lowbit.formats import FormatSpec, unpack  # noqa: E402
 from lowbit.kernels import select_kernel  # noqa: E402
 from lowbit.kernels.triton_layout import WeightLayout, triton_supports  # noqa: E402
 from lowbit.kernels.triton_mma_pairs import dequant_tile  # noqa: E402
@@ -382,8 +382,92 @@ def test_pairs_needs_scales_in_the_input_dtype():
         weight_only_linear_triton(x, layer, KernelConfig("pairs", block_m=16))
 
 
+FRAG_FORMATS = [FormatSpec(bits=4, sym=False, group_size=64),
+                FormatSpec(bits=4, sym=False, group_size=128),
+                FormatSpec(bits=4, sym=True, group_size=-1),
+                FormatSpec(bits=4, sym=True, group_size=0)]
+
+
+def test_frag_repacking_puts_each_lanes_fragment_in_one_word():
+    # Word (nb, kb, r, c, t), slot 4·kh + 2·h + e holds row 16·nb + 8·h + r, input
+    # 64·kb + 16·t + 8·kh + 2·c + e: checked code by code against the packed layout.
+    from lowbit.kernels.triton_mma_frag import repack_frag
+
+    n, k = 40, 200  # padded to 128 rows and 256 inputs
+    layer = make_layer(n, k, FormatSpec(bits=4, sym=True, group_size=-1), bias=False, seed=41)
+    codes = unpack(layer.weight_packed, 4, k)             # the library's own unpacking
+    frag = repack_frag(layer.weight_packed, n, k)
+    assert frag.numel() == 128 * 256 // 8
+    words = frag.reshape(8, 4, 8, 4, 4)                   # (nb, kb, r, c, t)
+    g = torch.Generator().manual_seed(42)
+    for _ in range(400):
+        nb, kb, r, c, t, kh, h, e = (int(torch.randint(0, v, (1,), generator=g))
+                                     for v in (8, 4, 8, 4, 4, 2, 2, 2))
+        row, col = 16 * nb + 8 * h + r, 64 * kb + 16 * t + 8 * kh + 2 * c + e
+        got = (int(words[nb, kb, r, c, t]) >> (4 * (4 * kh + 2 * h + e))) & 0xF
+        want = int(codes[row, col]) if row < n and col < k else 0
+        assert got == want, (nb, kb, r, c, t, kh, h, e)
+
+
 @in_this_process
-def test_dispatch_rules():
+@pytest.mark.parametrize("spec", FRAG_FORMATS, ids=lambda s: s.label().replace(" ", "-"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("m,split,block_n,block_k", [(1, 1, 64, 64), (3, 3, 128, 128),
+                                                     (17, 2, 64, 256)])
+def test_frag_matches_float64(spec, dtype, m, split, block_n, block_k):
+    # N = 40: a partial block of rows (the copy is padded to 128). Per-channel / per-tensor
+    # K = 200: a partial last tile, and with three splits of 64-input tiles one split is empty.
+    # K tiles of 256 inputs span two groups of 128 (four of 64): each block reads its own.
+    n, k = 40, 200 if spec.group_size <= 0 else 384
+    layer = make_layer(n, k, spec, bias=True, seed=hash((spec, m, block_k)) % 1000, dtype=dtype)
+    x = random_x(m, 2 * k, seed=m + 5, dtype=dtype)[:, ::2]  # non-contiguous input
+    cfg = KernelConfig("frag", block_n=block_n, block_m=16 if m <= 16 else 32, block_k=block_k,
+                       split_k=split)
+    out = weight_only_linear_triton(x, layer, cfg)
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert rel_err(out, reference64(x, layer)) < BF16_TOL
+
+
+@in_this_process
+def test_frag_copies_are_made_once_and_follow_the_codes():
+    import gc
+
+    from lowbit.kernels import triton_mma_frag as fr
+
+    layer = make_layer(32, 128, FormatSpec(bits=4, sym=False, group_size=64), False, seed=43)
+    lo = WeightLayout.of(layer)
+    first = fr.frag_copies(lo, torch.bfloat16)
+    assert fr.frag_copies(WeightLayout.of(layer), torch.bfloat16)[0] is first[0]  # cached
+    assert fr.frag_copies(lo, torch.float16, build=False) is None                # per dtype
+    x = random_x(2, 128, seed=44)
+    cfg = KernelConfig("frag", block_n=64, block_m=16, block_k=64)
+    before = weight_only_linear_triton(x, layer, cfg)
+    with torch.no_grad():  # codes changed in place (a state dict loaded): the copy is remade
+        layer.weight_packed.copy_(layer.weight_packed ^ 0x11111111)
+    assert fr.frag_copies(lo, torch.bfloat16, build=False) is None
+    after = weight_only_linear_triton(x, layer, cfg)
+    assert rel_err(after, reference64(x, layer)) < BF16_TOL
+    assert not torch.equal(before, after)
+    key = fr._copies_key(lo, torch.bfloat16)
+    del layer, lo
+    gc.collect()
+    assert key not in fr._COPIES  # dropped with the codes' tensor
+
+
+@in_this_process
+def test_frag_needs_scales_in_the_input_dtype_and_whole_64_input_groups():
+    layer = make_layer(16, 128, FormatSpec(bits=4, sym=True, group_size=32), bias=False, seed=45)
+    with pytest.raises(ValueError):
+        weight_only_linear_triton(random_x(2, 128, 46), layer,
+                                  KernelConfig("frag", block_n=64, block_m=16, block_k=64))
+    layer = make_layer(16, 128, FormatSpec(bits=4, sym=True, group_size=64), bias=False, seed=47)
+    with pytest.raises(ValueError):  # bf16 scales, fp16 inputs
+        weight_only_linear_triton(random_x(2, 128, 48, dtype=torch.float16), layer,
+                                  KernelConfig("frag", block_n=64, block_m=16, block_k=64))
+
+
+@in_this_process
+def test_dispatch_rules(monkeypatch):
     spec = FormatSpec(bits=4, sym=False, group_size=128)
     layer = make_layer(16, 256, spec, bias=False, seed=11)
     x = random_x(1, 256, seed=12)
@@ -402,6 +486,12 @@ def test_dispatch_rules():
             assert m == 1 or not paths & {"gemv", "gemv_planes"}
             assert ("gemv_half2" in paths) == (bits == 4 and m <= 2)
             assert default_config(m, bits).path in {c.path for c in candidates(m, bits)}
+    # The fragment-ordered kernel: 4-bit batches 2-256, unless switched off.
+    for m in (1, 2, 16, 64, 128, 256, 1024):
+        assert ("frag" in {c.path for c in candidates(m, 4)}) == (2 <= m <= 256)
+        assert "frag" not in {c.path for c in candidates(m, 8)}
+    monkeypatch.setenv("LOWBIT_FRAG_LAYOUT", "0")
+    assert "frag" not in {c.path for c in candidates(16, 4)}
     # Batch 1: 4-bit layers take the half2 GEMV, 8-bit ones (which it cannot read) the others.
     assert {c.path for c in candidates(1, 4)} == {"gemv_half2"}
     assert "gemv_half2" not in {c.path for c in candidates(1, 8)}

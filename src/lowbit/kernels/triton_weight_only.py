@@ -10,6 +10,9 @@ The paths:
   (``triton_mma``, any group);
 - ``planes``: the same with cheaper dequantization, one dot per code position
   (``triton_mma_planes``, 4-bit groups ≥ 128, 8-bit groups ≥ 64 or per-channel);
+- ``frag``: 4-bit at batches 2-256, tensor cores on a fragment-ordered copy of the codes made
+  once per layer (``triton_mma_frag``; the copy doubles the GPU memory of the layer's codes,
+  ``LOWBIT_FRAG_LAYOUT=0`` turns the path off);
 - ``dequant``: dequantize the whole weight once per call (``triton_dequant``), then cuBLAS via
   ``F.linear``, which can win at large batch where the product, not the weight read, dominates.
 
@@ -33,6 +36,7 @@ from .triton_gemv_half2 import gemv_half2
 from .triton_gemv_planes import gemv_planes
 from .triton_layout import WeightLayout
 from .triton_mma import mma
+from .triton_mma_frag import frag_copies, frag_fits, mma_frag
 from .triton_mma_pairs import mma_pairs
 from .triton_mma_planes import mma_planes
 
@@ -40,7 +44,7 @@ from .triton_mma_planes import mma_planes
 @dataclass(frozen=True)
 class KernelConfig:
     path: str                 # "gemv" | "gemv_planes" | "gemv_half2" | "mma" | "planes" | "pairs" |
-                              # "dequant"
+                              # "frag" | "dequant"
     block_n: int = 64
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
@@ -109,9 +113,10 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("gemv_planes", block_n=32, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
         ]
-    half2 = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
+    small = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
                           num_stages=1, fuse_x=fx)
              for bn, bk, s, w, fx in HALF2_SMALL.get(b, [])] if bits == 4 else []
+    small += frag_configs(b, bits)
     if b <= 64:
         bm = max(16, b)
         planes = [
@@ -121,12 +126,12 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
         ]
-        return half2 + planes + pairs_configs(b, bits) + [
+        return small + planes + pairs_configs(b, bits) + [
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
     if b <= 256:
-        return [
+        return frag_configs(b, bits) + [
             KernelConfig("planes", block_n=128, block_m=64, num_warps=4, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
@@ -147,6 +152,28 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
 # shuffle through shared memory) measured slower at every batch but one (gemv-sweep-pairs-xfirst).
 PAIRS_SMALL = ((64, 1, 4, 4), (64, 4, 4, 4), (128, 2, 8, 3), (128, 4, 8, 3))
 PAIRS_LARGE = {256: ((64, 128, 4), (128, 128, 8)), 4096: ((128, 256, 8),)}
+
+
+# The fragment-ordered tensor-core kernel (4-bit, scales in the input dtype): per batch bucket,
+# (rows per program, K tile, split-K, stages), the configs that won somewhere in
+# bench/frag_sweep.py on the H100 (bench/results/frag-sweep.json); four warps each.
+FRAG = {16: ((64, 64, 2, 4), (64, 64, 4, 4), (64, 64, 8, 4), (64, 64, 4, 3), (64, 64, 8, 3)),
+        32: ((64, 64, 2, 4), (64, 64, 4, 4), (64, 64, 8, 4)),
+        64: ((64, 64, 2, 4), (64, 64, 4, 4), (128, 64, 1, 4), (128, 64, 2, 4)),
+        128: ((64, 64, 2, 4), (64, 64, 4, 4), (128, 64, 1, 3), (64, 128, 1, 3)),
+        256: ((64, 64, 1, 3), (64, 64, 2, 3), (64, 64, 4, 3))}
+
+
+def frag_enabled() -> bool:
+    return os.environ.get("LOWBIT_FRAG_LAYOUT", "1") != "0"
+
+
+def frag_configs(b: int, bits: int) -> list[KernelConfig]:
+    """``frag`` configs for batch bucket ``b`` (4-bit, batches 2-256, unless switched off)."""
+    if bits != 4 or not 2 <= b <= 256 or not frag_enabled():
+        return []
+    return [KernelConfig("frag", block_n=bn, block_m=max(16, b), block_k=bk, split_k=s,
+                         num_warps=4, num_stages=st) for bn, bk, s, st in FRAG[max(16, b)]]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -187,6 +214,11 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
         return mma_planes(x2, layout, bias, cfg)
     if cfg.path == "pairs":
         return mma_pairs(x2, layout, bias, cfg)
+    if cfg.path == "frag":
+        if not frag_fits(layout, x2):
+            raise ValueError("the frag path takes 4-bit codes, groups of 64k and scales in the "
+                             "input dtype")
+        return mma_frag(x2, layout, *frag_copies(layout, x2.dtype), bias, cfg)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
@@ -300,5 +332,9 @@ def linear_on_layout(x: torch.Tensor, layout: WeightLayout, bias: torch.Tensor |
     if x2.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], layout.n)
     cfg = config or choose_config(x2, layout, bias)
+    if (cfg.path == "frag" and x2.is_cuda and torch.cuda.is_current_stream_capturing()
+            and frag_copies(layout, x2.dtype, build=False) is None):
+        # no copy to read, and none may be allocated inside a graph: the per-bucket default
+        cfg = default_config(x2.shape[0], layout.bits)
     out = run_config(x2, layout, bias, cfg)
     return out.reshape(*x.shape[:-1], layout.n)

@@ -1,0 +1,160 @@
+"""The fragment-ordered 4-bit kernel (``triton_mma_frag``) beside the shipped small-batch kernels.
+
+    PYTHONPATH=src python3 bench/frag_sweep.py --out $OUT [--batches 1,2,4,8,16,32,64]
+
+For each weight shape and batch, times bf16 ``F.linear``, ``torch._weight_int4pack_mm``, the
+shipped candidates of that batch (``gemv_half2`` at batch 1, ``pairs`` above) and a grid of
+``frag`` configs, every one under a CUDA graph cycling through weight copies larger than L2 (as
+``bench/kernels.py`` does), with its relative error against a float64 dequantize-then-matmul
+reference. Int4 asym g128, bf16 activations. Writes ``<out>/frag_sweep.json``; prints the best of
+each family per point last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import (  # noqa: E402
+    GROUP, L2_ROTATE_BYTES, copy_bandwidth_tbps, graph_us, import_lowbit, int4pack, log,
+    lowbit_w4, make_codes, rough_us,
+)
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
+
+
+def frag_grid(m: int, n: int) -> list:
+    """(rows per program, warps, stages) × K tile × split-K."""
+    from lowbit.kernels.triton_weight_only import KernelConfig
+
+    bm = max(16, 1 << max(m - 1, 0).bit_length())
+    out = []
+    for bn, warps, stages in ((64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 4, 4)):
+        programs = -(-n // bn)
+        for split in (1, 2, 4, 8):
+            if split > 1 and programs * split > 16 * 132:
+                continue
+            for bk in (64, 128):
+                out.append(KernelConfig("frag", block_n=bn, block_m=bm, block_k=bk,
+                                        split_k=split, num_warps=warps, num_stages=stages))
+    return out
+
+
+def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
+    from lowbit.kernels.triton_layout import WeightLayout
+    from lowbit.kernels.triton_mma_frag import frag_meta, mma_frag, repack_frag
+    from lowbit.kernels.triton_weight_only import candidates, run_config
+
+    w4_bytes = n * k // 2 + 2 * (n * k // GROUP) * 2
+    copies = max(1, math.ceil(L2_ROTATE_BYTES / w4_bytes))
+    copies_bf16 = max(1, math.ceil(L2_ROTATE_BYTES / (2 * n * k)))
+    layers = [lowbit_w4(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
+    layouts = [WeightLayout.of(q) for q in layers]
+    frags = [(repack_frag(lo.packed, n, k), frag_meta(lo, torch.bfloat16)) for lo in layouts]
+    w64 = layers[0].dequantized_weight(torch.float64)
+    tiny = [int4pack(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
+    wbf = [layers[0].dequantized_weight(torch.bfloat16)] + [
+        torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(1, copies_bf16)]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ w64.T
+    floor = (w4_bytes + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6
+    cols = {("bf16", "bf16"): [lambda w=w: F.linear(x, w) for w in wbf],
+            ("int4pack", "int4pack"): [lambda t=t: torch._weight_int4pack_mm(x, t[0], GROUP, t[1])
+                                       for t in tiny]}
+    for cfg in candidates(m, bits=4):
+        if cfg.path in ("gemv_half2", "pairs"):
+            cols[("shipped", cfg.label())] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg)
+                                              for lo in layouts]
+    for cfg in frag_grid(m, n):
+        cols[("frag", cfg.label())] = [lambda lo=lo, f=f, cfg=cfg: mma_frag(x, lo, *f, None, cfg)
+                                       for lo, f in zip(layouts, frags)]
+    rows = []
+    for (family, name), fns in cols.items():
+        row = {"K": k, "N": n, "M": m, "family": family, "config": name, "floor_us": floor}
+        try:
+            with torch.no_grad():
+                out = fns[0]()
+                torch.cuda.synchronize()
+                row["rel_err"] = float((out.double() - ref).norm() / ref.norm())
+                row["us"] = graph_us(fns, rough_us(fns[0]))
+        except Exception as e:
+            notes.append(f"{name} K={k} N={n} M={m}: {type(e).__name__}: {str(e)[-300:]}")
+            row["us"] = None
+        rows.append(row)
+    del layers, layouts, frags, tiny, wbf
+    torch.cuda.empty_cache()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| K×N | M | bf16 | int4pack | shipped best | frag best | frag ×bf16 | ×int4pack | "
+             "×shipped | % floor | frag config | err |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    points: dict = {}
+    for r in rows:
+        if r.get("us") is not None:
+            points.setdefault((r["K"], r["N"], r["M"]), []).append(r)
+    for (k, n, m), rs in points.items():
+        best = {}
+        for r in rs:
+            if r["family"] not in best or r["us"] < best[r["family"]]["us"]:
+                best[r["family"]] = r
+        if not {"bf16", "int4pack", "shipped", "frag"} <= best.keys():
+            continue
+        f = best["frag"]
+        lines.append(
+            f"| {k}×{n} | {m} | {best['bf16']['us']:.1f} | {best['int4pack']['us']:.1f} | "
+            f"{best['shipped']['us']:.1f} | {f['us']:.1f} | {best['bf16']['us'] / f['us']:.2f} | "
+            f"{best['int4pack']['us'] / f['us']:.2f} | {best['shipped']['us'] / f['us']:.2f} | "
+            f"{100 * f['floor_us'] / f['us']:.0f}% | {f['config']} | {f['rel_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336 (K×N)")
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64,128,256", help="comma-separated M")
+    args = ap.parse_args()
+    shapes = SHAPES if args.shapes == "all" else [
+        tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    notes: list = []
+    import_lowbit(notes)
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    copy_tbps = copy_bandwidth_tbps()
+    doc = {"device": props.name, "torch": torch.__version__, "triton": triton.__version__,
+           "python": platform.python_version(), "copy_tbps": copy_tbps,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "command": "PYTHONPATH=src python3 bench/frag_sweep.py --out $OUT "
+                      f"--batches {args.batches}" + (f" --shapes {args.shapes}"
+                                                     if args.shapes != "all" else ""),
+           "notes": notes, "rows": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    for k, n in shapes:
+        for m in [int(v) for v in args.batches.split(",")]:
+            doc["rows"] += sweep(k, n, m, copy_tbps, notes)
+            log(f"{k}x{n} M={m} done at {time.time() - t0:.0f} s")
+        doc["seconds"] = time.time() - t0
+        (out / "frag_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+    for note in notes[:20]:
+        log("note:", note)
+    log(f"copy ceiling {copy_tbps:.2f} TB/s")
+    log(table(doc["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
