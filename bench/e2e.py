@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import env_prefix  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402  (lowbit's layers even where its __init__ fails)
 
 VARIANTS = ("bf16", "w4a16", "w8a8")
@@ -442,7 +443,7 @@ def command_line(argv: list[str]) -> str:
             continue
         if not w.startswith("--out="):
             words.append(w)
-    return " ".join(["PYTHONPATH=src python3 bench/e2e.py", *words, "--out $OUT"])
+    return env_prefix() + " ".join(["PYTHONPATH=src python3 bench/e2e.py", *words, "--out $OUT"])
 
 
 def run(args, argv: list[str]) -> dict:

@@ -51,6 +51,12 @@ def import_lowbit(notes: list) -> None:
         sys.modules["lowbit"] = pkg
 
 
+def env_prefix() -> str:
+    """The lowbit switches set for this run, as they prefix its command line."""
+    on = [f"{k}={os.environ[k]}" for k in ("LOWBIT_FRAG_LAYOUT", "LOWBIT_PDL") if k in os.environ]
+    return "".join(f"{w} " for w in on)
+
+
 def log(*a):
     print(*a, flush=True)
 
@@ -345,7 +351,8 @@ def main():
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "copy_tbps": copy_tbps,
            "w4_format": "int4 asym g128 (bf16 scales, int zeros)",
            "w8_format": "int8 sym per-channel (bf16 scales)",
-           "command": "PYTHONPATH=src:.whl/gemlite-0.6.0.post2 python3 bench/kernels.py --out $OUT",
+           "command": env_prefix() + "PYTHONPATH=src:.whl/gemlite-0.6.0.post2 python3 "
+                      "bench/kernels.py --out $OUT",
            "notes": notes, "rows": []}
     t0 = time.time()
     for k, n in shapes:

@@ -486,12 +486,15 @@ def test_dispatch_rules(monkeypatch):
             assert m == 1 or not paths & {"gemv", "gemv_planes"}
             assert ("gemv_half2" in paths) == (bits == 4 and m <= 2)
             assert default_config(m, bits).path in {c.path for c in candidates(m, bits)}
-    # The fragment-ordered kernel: 4-bit batches 2-256, unless switched off.
+    # The fragment-ordered kernel (a second copy of the codes): only when asked for, then for
+    # 4-bit batches 2-256.
+    monkeypatch.delenv("LOWBIT_FRAG_LAYOUT", raising=False)
+    assert "frag" not in {c.path for m in (2, 16, 256) for c in candidates(m, 4)}
+    monkeypatch.setenv("LOWBIT_FRAG_LAYOUT", "1")
     for m in (1, 2, 16, 64, 128, 256, 1024):
         assert ("frag" in {c.path for c in candidates(m, 4)}) == (2 <= m <= 256)
         assert "frag" not in {c.path for c in candidates(m, 8)}
-    monkeypatch.setenv("LOWBIT_FRAG_LAYOUT", "0")
-    assert "frag" not in {c.path for c in candidates(16, 4)}
+    monkeypatch.delenv("LOWBIT_FRAG_LAYOUT")
     # Batch 1: 4-bit layers take the half2 GEMV, 8-bit ones (which it cannot read) the others.
     assert {c.path for c in candidates(1, 4)} == {"gemv_half2"}
     assert "gemv_half2" not in {c.path for c in candidates(1, 8)}
