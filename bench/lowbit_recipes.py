@@ -85,6 +85,10 @@ LOWBIT_RECIPES += [
     BenchRecipe("w8a8-fp8", "w8a8-fp8"),
     BenchRecipe("w8a8-fp8-gptq", "w8a8-fp8-gptq"),
     BenchRecipe("w8a8-fp8-static", "w8a8-fp8-static"),
+    # SmoothQuant on the norm-fed inputs folded first (alpha 0.7 before LLM.int8(), 0.5 before
+    # FP8), then LLM.int8() / FP8 as above.
+    BenchRecipe("llm-int8-smoothquant", "llm-int8-smoothquant"),
+    BenchRecipe("w8a8-fp8-smoothquant", "w8a8-fp8-smoothquant"),
 ]
 BY_NAME = {r.name: r for r in LOWBIT_RECIPES}
 

@@ -59,8 +59,8 @@ def test_every_preset_loads_and_round_trips(name):
     r = load_preset(name)
     assert r.name == name
     assert r.format.bits in (2, 3, 4, 8)
-    if r.activations is not None:  # weight + activation presets: w8a8-*, llm-int8
-        assert r.format.bits == 8 and (name.startswith("w8a8-") or name == "llm-int8")
+    if r.activations is not None:  # weight + activation presets: w8a8-*, llm-int8, llm-int8-*
+        assert r.format.bits == 8 and name.startswith(("w8a8-", "llm-int8"))
     elif r.format.kind == "int":
         assert name.startswith(f"w{r.format.bits}a16-")
         # The steps appear in the name ("awq+gptq" as "awq-gptq"); rounding to nearest after a

@@ -109,3 +109,32 @@ def test_smoothquant_w8a8_beats_plain_w8a8_on_an_outlier_channel():
             assert len(report.steps) == 2 * 2  # two norm-fed groups per block, two blocks
             assert all(r["act_absmax_after"] < r["act_absmax_before"] for r in report.steps if r["feeder"] == "input_layernorm")
     assert errs["w8a8-smoothquant"] < 0.5 * errs["w8a8-int8"], errs
+
+
+@pytest.mark.parametrize("preset, plain", [("llm-int8-smoothquant", "llm-int8"),
+                                           ("w8a8-fp8-smoothquant", "w8a8-fp8")])
+def test_smoothing_before_llm_int8_and_fp8(preset, plain):
+    """The SmoothQuant-folded LLM.int8() and FP8 presets fold the norm-fed scales first, then run
+    their plain preset's layers. On the outlier channel LLM.int8() no longer sends the attention
+    inputs' columns to float (the channel is smoothed below the threshold)."""
+    from lowbit.modules import ActQuantLinear
+    from lowbit.modules.llm_int8_linear import outlier_fractions
+
+    base = _outlier_llama()
+    ids, calib = tiny_models.input_ids(4, 32, seed=3), tiny_models.input_ids(8, 32, seed=9)
+    with torch.no_grad():
+        ref = base(ids).logits
+    errs, models = {}, {}
+    for name in (plain, preset):
+        m = models[name] = copy.deepcopy(base)
+        report = quantize_model(m, load_preset(name), calib=calib, progress=False)
+        kinds = {l.act_kind for l in m.modules() if isinstance(l, ActQuantLinear)}
+        assert kinds == {load_preset(plain).activations.kind}
+        with torch.no_grad():
+            errs[name] = ((m(ids).logits - ref).norm() / ref.norm()).item()
+    assert len(report.steps) == 2 * 2 and all(r["feeder"] != "v_proj" for r in report.steps)
+    assert errs[preset] < 1.5 * errs[plain], errs
+    if plain == "llm-int8":
+        qkv = {n: f for n, f in outlier_fractions(models[plain]).items() if "q_proj" in n}
+        smoothed = {n: f for n, f in outlier_fractions(models[preset]).items() if "q_proj" in n}
+        assert all(f > 0 for f in qkv.values()) and all(f == 0 for f in smoothed.values()), (qkv, smoothed)
