@@ -30,6 +30,22 @@ from kernels import (  # noqa: E402
 )
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
+LARGE = False  # --large: the large-batch grid
+
+
+def frag_grid_large(m: int, n: int) -> list:
+    """Large batches: wider programs and two warpgroups (one may dequantize while the other's
+    MMAs run), batch tiles of 128 or 256 columns."""
+    from lowbit.kernels.triton_weight_only import KernelConfig
+
+    out = []
+    for bn, bm, warps, stages, bk in ((128, 256, 8, 3, 64), (128, 256, 8, 4, 64),
+                                      (128, 256, 8, 2, 128), (128, 256, 8, 3, 128),
+                                      (128, 128, 8, 4, 64), (128, 128, 8, 3, 128),
+                                      (64, 256, 4, 3, 64)):
+        out.append(KernelConfig("frag", block_n=bn, block_m=min(bm, max(16, m)), block_k=bk,
+                                split_k=1, num_warps=warps, num_stages=stages))
+    return out
 
 
 def frag_grid(m: int, n: int) -> list:
@@ -74,7 +90,7 @@ def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
         if cfg.path in ("gemv_half2", "pairs"):
             cols[("shipped", cfg.label())] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg)
                                               for lo in layouts]
-    for cfg in frag_grid(m, n):
+    for cfg in (frag_grid_large(m, n) if LARGE else frag_grid(m, n)):
         cols[("frag", cfg.label())] = [lambda lo=lo, f=f, cfg=cfg: mma_frag(x, lo, *f, None, cfg)
                                        for lo, f in zip(layouts, frags)]
     rows = []
@@ -124,7 +140,10 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336 (K×N)")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64,128,256", help="comma-separated M")
+    ap.add_argument("--large", action="store_true", help="the large-batch grid (M ≥ 256)")
     args = ap.parse_args()
+    global LARGE
+    LARGE = args.large
     shapes = SHAPES if args.shapes == "all" else [
         tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     notes: list = []
@@ -138,7 +157,8 @@ def main() -> int:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "command": "PYTHONPATH=src python3 bench/frag_sweep.py --out $OUT "
                       f"--batches {args.batches}" + (f" --shapes {args.shapes}"
-                                                     if args.shapes != "all" else ""),
+                                                     if args.shapes != "all" else "")
+                      + (" --large" if args.large else ""),
            "notes": notes, "rows": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,11 @@ def mma_frag(x: torch.Tensor, layout, frag: torch.Tensor, meta: torch.Tensor, bi
                          "with scales in the input dtype")
     if cfg.block_n % 64 or N_PAD % cfg.block_n or cfg.block_k not in (64, 128, 256):
         raise ValueError(f"frag tiles: block_n 64 or 128, block_k 64-256, got {cfg.label()}")
+    if cfg.num_warps > 4 and cfg.block_m != 256:
+        # Two warpgroups on 128-column batch tiles computed wrong, run-to-run varying results
+        # on an H100 with Triton 3.6 (bench/frag_check.py); 256-column tiles were exact.
+        raise ValueError(f"frag with {cfg.num_warps} warps needs 256-column batch tiles, got "
+                         f"{cfg.label()}")
     m = x.shape[0]
     n_p, k_p = _padded(layout.n, layout.k)
     group = layout.group_size if layout.group_size > 0 else k_p

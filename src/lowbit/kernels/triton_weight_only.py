@@ -10,7 +10,7 @@ The paths:
   (``triton_mma``, any group);
 - ``planes``: the same with cheaper dequantization, one dot per code position
   (``triton_mma_planes``, 4-bit groups ≥ 128, 8-bit groups ≥ 64 or per-channel);
-- ``frag`` (opt-in, ``LOWBIT_FRAG_LAYOUT=1``): 4-bit at batches 2-256, tensor cores on a
+- ``frag`` (opt-in, ``LOWBIT_FRAG_LAYOUT=1``): 4-bit from batch 2, tensor cores on a
   fragment-ordered second copy of the codes made once per layer (``triton_mma_frag``), which
   doubles the GPU memory of the layer's codes, hence off unless asked for;
 - ``dequant``: dequantize the whole weight once per call (``triton_dequant``), then cuBLAS via
@@ -138,7 +138,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
             KernelConfig("dequant"),
         ] + pairs_configs(b, bits)
-    return pairs_configs(b, bits) + [
+    return frag_configs(b, bits) + pairs_configs(b, bits) + [
         KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
         KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
         KernelConfig("dequant"),
@@ -155,27 +155,36 @@ PAIRS_LARGE = {256: ((64, 128, 4), (128, 128, 8)), 4096: ((128, 256, 8),)}
 
 
 # The fragment-ordered tensor-core kernel (4-bit, scales in the input dtype): per batch bucket,
-# (rows per program, K tile, split-K, stages), the configs that won somewhere in
-# bench/frag_sweep.py on the H100 (bench/results/frag-sweep.json); four warps each.
-FRAG = {16: ((64, 64, 2, 4), (64, 64, 4, 4), (64, 64, 8, 4), (64, 64, 4, 3), (64, 64, 8, 3)),
-        32: ((64, 64, 2, 4), (64, 64, 4, 4), (64, 64, 8, 4)),
-        64: ((64, 64, 2, 4), (64, 64, 4, 4), (128, 64, 1, 4), (128, 64, 2, 4)),
-        128: ((64, 64, 2, 4), (64, 64, 4, 4), (128, 64, 1, 3), (64, 128, 1, 3)),
-        256: ((64, 64, 1, 3), (64, 64, 2, 3), (64, 64, 4, 3))}
+# (rows per program, K tile, split-K, stages, warps), the configs that won somewhere in
+# bench/frag_sweep.py on the H100 (bench/results/frag-sweep.json, frag-sweep-large.json). From
+# 256 rows, eight warps (two warpgroups: one dequantizes while the other's MMAs run) on 128-row
+# programs take the wide layers; 64-row ones with split-K the narrow ones. (Eight warps with
+# 128-column batch tiles won at 128 rows but computed wrong, run-to-run varying results:
+# ``mma_frag`` refuses them, bench/frag_check.py shows it.)
+FRAG = {16: ((64, 64, 2, 4, 4), (64, 64, 4, 4, 4), (64, 64, 8, 4, 4), (64, 64, 4, 3, 4),
+             (64, 64, 8, 3, 4)),
+        32: ((64, 64, 2, 4, 4), (64, 64, 4, 4, 4), (64, 64, 8, 4, 4)),
+        64: ((64, 64, 2, 4, 4), (64, 64, 4, 4, 4), (128, 64, 1, 4, 4), (128, 64, 2, 4, 4)),
+        128: ((64, 64, 2, 4, 4), (64, 64, 4, 4, 4), (128, 64, 1, 3, 4), (64, 128, 1, 3, 4)),
+        256: ((64, 64, 2, 3, 4), (64, 64, 4, 3, 4), (128, 64, 1, 3, 8), (128, 64, 2, 3, 8)),
+        4096: ((128, 64, 1, 3, 8), (128, 64, 1, 4, 8), (128, 64, 2, 3, 8))}
 
 
 def frag_enabled() -> bool:
     """``LOWBIT_FRAG_LAYOUT=1``: trade a second copy of each 4-bit layer's codes (made on its
-    first batch of 2-256 rows; a prompt's prefill is one) for 1.2-2.7x faster batches there."""
+    first batch of 2 or more rows; a prompt's prefill is one) for 1.2-2.7x faster batches of
+    2-256 rows."""
     return os.environ.get("LOWBIT_FRAG_LAYOUT", "0") == "1"
 
 
 def frag_configs(b: int, bits: int) -> list[KernelConfig]:
-    """``frag`` configs for batch bucket ``b`` (4-bit, batches 2-256, when switched on)."""
-    if bits != 4 or not 2 <= b <= 256 or not frag_enabled():
+    """``frag`` configs for batch bucket ``b`` (4-bit, batches of 2 and more, when switched on;
+    batch tiles of up to 256 rows)."""
+    if bits != 4 or b < 2 or not frag_enabled():
         return []
-    return [KernelConfig("frag", block_n=bn, block_m=max(16, b), block_k=bk, split_k=s,
-                         num_warps=4, num_stages=st) for bn, bk, s, st in FRAG[max(16, b)]]
+    key = max(16, b) if b <= 256 else 4096
+    return [KernelConfig("frag", block_n=bn, block_m=min(256, max(16, b)), block_k=bk, split_k=s,
+                         num_warps=w, num_stages=st) for bn, bk, s, st, w in FRAG[key]]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
