@@ -448,6 +448,9 @@ def test_frag_copies_are_made_once_and_follow_the_codes():
     after = weight_only_linear_triton(x, layer, cfg)
     assert rel_err(after, reference64(x, layer)) < BF16_TOL
     assert not torch.equal(before, after)
+    layer.weight_scale = layer.weight_scale * 2  # new scales, same codes: remade too
+    assert fr.frag_copies(WeightLayout.of(layer), torch.bfloat16, build=False) is None
+    assert rel_err(weight_only_linear_triton(x, layer, cfg), reference64(x, layer)) < BF16_TOL
     key = fr._copies_key(lo, torch.bfloat16)
     del layer, lo
     gc.collect()

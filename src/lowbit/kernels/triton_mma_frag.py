@@ -266,8 +266,9 @@ def mma_frag(x: torch.Tensor, layout, frag: torch.Tensor, meta: torch.Tensor, bi
 
 # The fragment-ordered copies, per (device, address, shape of the packed codes, activation dtype):
 # made on first use and kept while the codes' tensor lives (a finalizer drops them with it), so
-# a layer pays the repacking once. An in-place change of the codes (a state dict loaded into the
-# module) bumps their version and the copies are rebuilt.
+# a layer pays the repacking once. An in-place change of the codes, scales or zeros (a state dict
+# loaded into the module) bumps their version, and new scale or zero tensors have new addresses:
+# either way the copies are rebuilt.
 _COPIES: dict = {}
 
 
@@ -280,8 +281,9 @@ def frag_copies(layout, dtype: torch.dtype, build: bool = True):
     """``(codes, meta)`` of the layer for activations of ``dtype``: cached, or made now (unless
     ``build`` is false: then None when there is no current copy)."""
     key = _copies_key(layout, dtype)
-    version = (layout.packed._version, layout.scale._version,
-               None if layout.zero is None else layout.zero._version)
+    # the codes in place, or the scales / zeros in place or swapped for other tensors
+    version = (layout.packed._version, layout.scale.data_ptr(), layout.scale._version,
+               None if layout.zero is None else (layout.zero.data_ptr(), layout.zero._version))
     have = _COPIES.get(key)
     if have is not None and have[0] == version:
         return have[1], have[2]
