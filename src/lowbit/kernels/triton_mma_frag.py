@@ -35,39 +35,17 @@ import triton.language as tl
 
 from .triton_layout import inline_ptx_ok
 from .triton_mma import mma_program
+from .triton_mma_pairs import BF16_MAGIC, F16_MAGIC, packed_dequant_ptx
 from .triton_splitk import SplitOutput, split_tiles, store_result
 
 KB_INPUTS = 64   # inputs per repacked block: four 16-input MMA steps, one 16-byte load per lane
 N_PAD = 128      # rows padded to the widest program
 K_PAD = 256      # inputs padded to the widest K tile
 
-_FRAG_PTX = """
-{{
-.reg .b32 t, one, nz, p0, p1, p2, p3;
-mov.b32 one, {ONE};
-mov.b32 nz, 0x80008000;
-shr.u32 t, $4, 4;
-prmt.b32 p0, $4, t, 0x4400;
-prmt.b32 p1, $4, t, 0x5511;
-prmt.b32 p2, $4, t, 0x6622;
-prmt.b32 p3, $4, t, 0x7733;
-lop3.b32 p0, p0, 0x000f000f, {MAGIC}, 0xea;
-lop3.b32 p1, p1, 0x000f000f, {MAGIC}, 0xea;
-lop3.b32 p2, p2, 0x000f000f, {MAGIC}, 0xea;
-lop3.b32 p3, p3, 0x000f000f, {MAGIC}, 0xea;
-fma.rn.{T} p0, p0, one, $5;
-fma.rn.{T} p1, p1, one, $6;
-fma.rn.{T} p2, p2, one, $5;
-fma.rn.{T} p3, p3, one, $6;
-fma.rn.{T} $0, p0, $7, nz;
-fma.rn.{T} $1, p1, $8, nz;
-fma.rn.{T} $2, p2, $7, nz;
-fma.rn.{T} $3, p3, $8, nz;
-}}
-"""
 # Pairs 0 and 2 hold row r ($5 its -(MAGIC + zero), $7 its scale), pairs 1 and 3 row r + 8.
-_PTX_BF16 = tl.constexpr(_FRAG_PTX.format(MAGIC="0x43004300", ONE="0x3f803f80", T="bf16x2"))
-_PTX_F16 = tl.constexpr(_FRAG_PTX.format(MAGIC="0x64006400", ONE="0x3c003c00", T="f16x2"))
+_ROWS = (("$5", "$6", "$5", "$6"), ("$7", "$8", "$7", "$8"))
+_PTX_BF16 = tl.constexpr(packed_dequant_ptx(*_ROWS, **BF16_MAGIC))
+_PTX_F16 = tl.constexpr(packed_dequant_ptx(*_ROWS, **F16_MAGIC))
 _MAGIC = {torch.bfloat16: 0x4300, torch.float16: 0x6400}
 
 

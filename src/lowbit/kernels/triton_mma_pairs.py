@@ -33,35 +33,28 @@ from .triton_mma import mma_program
 from .triton_splitk import SplitOutput, split_tiles, store_result
 
 # Per word: byte j of the word and of the word shifted right by 4 side by side (one prmt), so one
-# lop3 reads the pair (MAGIC + q[2j], MAGIC + q[2j+1]); FMA by 1 minus (MAGIC + zero) pairs ($5),
-# FMA by the scale pair ($6) plus -0 (a plain product, one rounding). ``{T}`` is the packed type.
-_PAIRS_PTX = """
-{{
-.reg .b32 t, one, nz, p0, p1, p2, p3;
-mov.b32 one, {ONE};
-mov.b32 nz, 0x80008000;
-shr.u32 t, $4, 4;
-prmt.b32 p0, $4, t, 0x4400;
-prmt.b32 p1, $4, t, 0x5511;
-prmt.b32 p2, $4, t, 0x6622;
-prmt.b32 p3, $4, t, 0x7733;
-lop3.b32 p0, p0, 0x000f000f, {MAGIC}, 0xea;
-lop3.b32 p1, p1, 0x000f000f, {MAGIC}, 0xea;
-lop3.b32 p2, p2, 0x000f000f, {MAGIC}, 0xea;
-lop3.b32 p3, p3, 0x000f000f, {MAGIC}, 0xea;
-fma.rn.{T} p0, p0, one, $5;
-fma.rn.{T} p1, p1, one, $5;
-fma.rn.{T} p2, p2, one, $5;
-fma.rn.{T} p3, p3, one, $5;
-fma.rn.{T} $0, p0, $6, nz;
-fma.rn.{T} $1, p1, $6, nz;
-fma.rn.{T} $2, p2, $6, nz;
-fma.rn.{T} $3, p3, $6, nz;
-}}
-"""
+# lop3 reads the pair (MAGIC + q[2j], MAGIC + q[2j+1]); FMA by 1 minus (MAGIC + zero) of pair j's
+# row (``zeros[j]``, an operand), FMA by its scale pair (``scales[j]``) plus -0 (a plain product,
+# one rounding). ``T`` is the packed type. triton_mma_frag uses the same steps with two rows per
+# word.
+def packed_dequant_ptx(zeros: tuple, scales: tuple, magic: str, one: str, t: str) -> str:
+    """The inline PTX turning ``$4`` (eight 4-bit codes) into four scaled 16-bit pairs
+    ``$0``-``$3``; ``zeros``/``scales``: the operand holding each pair's ``-(MAGIC + zero)`` and
+    scale pair."""
+    lines = [".reg .b32 t, one, nz, p0, p1, p2, p3;", f"mov.b32 one, {one};",
+             "mov.b32 nz, 0x80008000;", "shr.u32 t, $4, 4;"]
+    lines += [f"prmt.b32 p{j}, $4, t, 0x{4 + j}{4 + j}{j}{j};" for j in range(4)]
+    lines += [f"lop3.b32 p{j}, p{j}, 0x000f000f, {magic}, 0xea;" for j in range(4)]
+    lines += [f"fma.rn.{t} p{j}, p{j}, one, {zeros[j]};" for j in range(4)]
+    lines += [f"fma.rn.{t} ${j}, p{j}, {scales[j]}, nz;" for j in range(4)]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
 # bfloat16: 128 = 0x4300 (ulp 1 on [128, 256)), 1.0 = 0x3F80; float16: 1024 = 0x6400, 1.0 = 0x3C00.
-_PTX_BF16 = tl.constexpr(_PAIRS_PTX.format(MAGIC="0x43004300", ONE="0x3f803f80", T="bf16x2"))
-_PTX_F16 = tl.constexpr(_PAIRS_PTX.format(MAGIC="0x64006400", ONE="0x3c003c00", T="f16x2"))
+BF16_MAGIC = dict(magic="0x43004300", one="0x3f803f80", t="bf16x2")
+F16_MAGIC = dict(magic="0x64006400", one="0x3c003c00", t="f16x2")
+_PTX_BF16 = tl.constexpr(packed_dequant_ptx(("$5",) * 4, ("$6",) * 4, **BF16_MAGIC))
+_PTX_F16 = tl.constexpr(packed_dequant_ptx(("$5",) * 4, ("$6",) * 4, **F16_MAGIC))
 
 
 @triton.jit
