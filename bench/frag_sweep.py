@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -21,13 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import (  # noqa: E402
-    GROUP, L2_ROTATE_BYTES, copy_bandwidth_tbps, graph_us, import_lowbit, int4pack, log,
-    lowbit_w4, make_codes, rough_us,
-)
+from gemv_sweep import streaming_setup, timed_row  # noqa: E402
+from kernels import copy_bandwidth_tbps, import_lowbit, log  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
 LARGE = False  # --large: the large-batch grid
@@ -66,26 +62,13 @@ def frag_grid(m: int, n: int) -> list:
 
 
 def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
-    from lowbit.kernels.triton_layout import WeightLayout
-    from lowbit.kernels.triton_mma_frag import frag_meta, mma_frag, repack_frag
+    from lowbit.kernels.triton_mma_frag import frag_copies, mma_frag
     from lowbit.kernels.triton_weight_only import candidates, run_config
 
-    w4_bytes = n * k // 2 + 2 * (n * k // GROUP) * 2
-    copies = max(1, math.ceil(L2_ROTATE_BYTES / w4_bytes))
-    copies_bf16 = max(1, math.ceil(L2_ROTATE_BYTES / (2 * n * k)))
-    layers = [lowbit_w4(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
-    layouts = [WeightLayout.of(q) for q in layers]
-    frags = [(repack_frag(lo.packed, n, k), frag_meta(lo, torch.bfloat16)) for lo in layouts]
-    w64 = layers[0].dequantized_weight(torch.float64)
-    tiny = [int4pack(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
-    wbf = [layers[0].dequantized_weight(torch.bfloat16)] + [
-        torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(1, copies_bf16)]
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    ref = x.double() @ w64.T
-    floor = (w4_bytes + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6
-    cols = {("bf16", "bf16"): [lambda w=w: F.linear(x, w) for w in wbf],
-            ("int4pack", "int4pack"): [lambda t=t: torch._weight_int4pack_mm(x, t[0], GROUP, t[1])
-                                       for t in tiny]}
+    st = streaming_setup(k, n, m, copy_tbps)
+    x, layouts = st["x"], st["layouts"]
+    frags = [frag_copies(lo, torch.bfloat16) for lo in layouts]
+    cols = {("bf16", "bf16"): st["bf16"], ("int4pack", "int4pack"): st["int4pack"]}
     for cfg in candidates(m, bits=4):
         if cfg.path in ("gemv_half2", "pairs"):
             cols[("shipped", cfg.label())] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg)
@@ -93,20 +76,10 @@ def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
     for cfg in (frag_grid_large(m, n) if LARGE else frag_grid(m, n)):
         cols[("frag", cfg.label())] = [lambda lo=lo, f=f, cfg=cfg: mma_frag(x, lo, *f, None, cfg)
                                        for lo, f in zip(layouts, frags)]
-    rows = []
-    for (family, name), fns in cols.items():
-        row = {"K": k, "N": n, "M": m, "family": family, "config": name, "floor_us": floor}
-        try:
-            with torch.no_grad():
-                out = fns[0]()
-                torch.cuda.synchronize()
-                row["rel_err"] = float((out.double() - ref).norm() / ref.norm())
-                row["us"] = graph_us(fns, rough_us(fns[0]))
-        except Exception as e:
-            notes.append(f"{name} K={k} N={n} M={m}: {type(e).__name__}: {str(e)[-300:]}")
-            row["us"] = None
-        rows.append(row)
-    del layers, layouts, frags, tiny, wbf
+    rows = [timed_row({"K": k, "N": n, "M": m, "family": family, "config": name,
+                       "floor_us": st["floor"]}, fns, st["ref"], notes)
+            for (family, name), fns in cols.items()]
+    del st, frags, cols
     torch.cuda.empty_cache()
     return rows
 

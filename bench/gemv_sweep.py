@@ -35,24 +35,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
 
 
-def sweep_shape(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
+def streaming_setup(k: int, n: int, m: int, copy_tbps: float) -> dict:
+    """W4 g128 layers of shape ``(N, K)`` in enough copies to stream from HBM, their layouts, a
+    batch ``x (M, K)``, its float64 reference product, the 4-bit floor, and the two baselines'
+    columns (bf16 ``F.linear`` and ``torch._weight_int4pack_mm``, each over its own copies)."""
     from lowbit.kernels.triton_layout import WeightLayout
-    from lowbit.kernels.triton_weight_only import candidates, run_config
 
     w4_bytes = n * k // 2 + 2 * (n * k // GROUP) * 2
     copies = max(1, math.ceil(L2_ROTATE_BYTES / w4_bytes))
     copies_bf16 = max(1, math.ceil(L2_ROTATE_BYTES / (2 * n * k)))
     layers = [lowbit_w4(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
-    layouts = [WeightLayout.of(q) for q in layers]
     w64 = layers[0].dequantized_weight(torch.float64)
     tiny = [int4pack(*make_codes(n, k, seed=k + n + i)) for i in range(copies)]
     wbf = [layers[0].dequantized_weight(torch.bfloat16)] + [
         torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(1, copies_bf16)]
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    ref = x.double() @ w64.T
-    floor = (w4_bytes + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6
-    cols = {"bf16": [lambda w=w: F.linear(x, w) for w in wbf],
+    return {"layers": layers, "layouts": [WeightLayout.of(q) for q in layers], "x": x,
+            "ref": x.double() @ w64.T,
+            "floor": (w4_bytes + 2 * m * (k + n)) / (copy_tbps * 1e12) * 1e6,
+            "bf16": [lambda w=w: F.linear(x, w) for w in wbf],
             "int4pack": [lambda t=t: torch._weight_int4pack_mm(x, t[0], GROUP, t[1]) for t in tiny]}
+
+
+def timed_row(row: dict, fns: list, ref, notes: list) -> dict:
+    """``row`` with the column's time under a CUDA graph cycling through ``fns`` (``us``, None if
+    it fails: the error goes to ``notes``) and, given ``ref``, its first call's relative error."""
+    try:
+        with torch.no_grad():
+            out = fns[0]()
+            torch.cuda.synchronize()
+            if ref is not None:
+                row["rel_err"] = float((out.double() - ref).norm() / ref.norm())
+            row["us"] = graph_us(fns, rough_us(fns[0]))
+    except Exception as e:
+        notes.append(f"{row.get('config')} K={row.get('K')} N={row.get('N')} M={row.get('M')}: "
+                     f"{type(e).__name__}: {str(e)[-300:]}")
+        row["us"] = None
+    return row
+
+
+def sweep_shape(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
+    from lowbit.kernels.triton_weight_only import candidates, run_config
+
+    st = streaming_setup(k, n, m, copy_tbps)
+    x, layouts = st["x"], st["layouts"]
+    cols = {"bf16": st["bf16"], "int4pack": st["int4pack"]}
     # At batch 1 the 8-bit list (the older GEMVs) beside the 4-bit one: both read 4-bit codes.
     for cfg in candidates(m, bits=4) + (candidates(1, bits=8) if m == 1 else []):
         cols[cfg.label()] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg) for lo in layouts]
@@ -66,21 +93,12 @@ def sweep_shape(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[d
         cols[f"(split-K sum s{s_} alone)"] = [lambda w_=w_: reduce_partials(w_, None, x.dtype)]
     rows = []
     for name, fns in cols.items():
-        row = {"K": k, "N": n, "M": m, "config": name, "floor_us": floor}
-        try:
-            with torch.no_grad():
-                out = fns[0]()
-                torch.cuda.synchronize()
-                if not name.startswith("("):
-                    row["rel_err"] = float((out.double() - ref).norm() / ref.norm())
-                row["us"] = graph_us(fns, rough_us(fns[0]))
-        except Exception as e:
-            notes.append(f"{name} K={k} N={n}: {type(e).__name__}: {str(e)[-300:]}")
-            row["us"] = None
+        row = timed_row({"K": k, "N": n, "M": m, "config": name, "floor_us": st["floor"]}, fns,
+                        None if name.startswith("(") else st["ref"], notes)
         rows.append(row)
         log(f"  {k}x{n} M={m} {name:40s} {row.get('us') or float('nan'):8.1f} us "
             f"err {row.get('rel_err', float('nan')):.2e}")
-    del layers, layouts, tiny, wbf
+    del st, cols
     torch.cuda.empty_cache()
     return rows
 

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from .triton_layout import inline_ptx_ok
 from .triton_mma import mma_program
-from .triton_mma_pairs import BF16_MAGIC, F16_MAGIC, packed_dequant_ptx
+from .triton_mma_pairs import BF16_MAGIC, F16_MAGIC, halves, packed_dequant_ptx
 from .triton_splitk import SplitOutput, split_tiles, store_result
 
 KB_INPUTS = 64   # inputs per repacked block: four 16-input MMA steps, one 16-byte load per lane
@@ -88,13 +88,6 @@ def frag_meta(layout, dtype: torch.dtype) -> torch.Tensor:
 
 
 @triton.jit
-def _halves(p, DT: tl.constexpr):
-    lo = p.to(tl.int16).to(DT, bitcast=True)
-    hi = (p >> 16).to(tl.int16).to(DT, bitcast=True)
-    return lo, hi
-
-
-@triton.jit
 def _emulated(words, shift: tl.constexpr, nz, ss, DT: tl.constexpr):
     """The interpreter's ``(q - zero)·scale`` for the code at bit ``shift``, rounded once."""
     if DT == tl.bfloat16:
@@ -122,10 +115,10 @@ def dequant_frag(words, nz_lo, nz_hi, ss_lo, ss_hi, DT: tl.constexpr, USE_PTX: t
             [words, tl.broadcast_to(nz_lo, words.shape), tl.broadcast_to(nz_hi, words.shape),
              tl.broadcast_to(ss_lo, words.shape), tl.broadcast_to(ss_hi, words.shape)],
             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
-        l0, h0 = _halves(p0, DT)
-        l1, h1 = _halves(p1, DT)
-        l2, h2 = _halves(p2, DT)
-        l3, h3 = _halves(p3, DT)
+        l0, h0 = halves(p0, DT)
+        l1, h1 = halves(p1, DT)
+        l2, h2 = halves(p2, DT)
+        l3, h3 = halves(p3, DT)
     else:
         l0 = _emulated(words, 0, nz_lo, ss_lo, DT)
         h0 = _emulated(words, 4, nz_lo, ss_lo, DT)

@@ -58,7 +58,7 @@ _PTX_F16 = tl.constexpr(packed_dequant_ptx(("$5",) * 4, ("$6",) * 4, **F16_MAGIC
 
 
 @triton.jit
-def _halves(p, DT: tl.constexpr):
+def halves(p, DT: tl.constexpr):
     """int32 holding two 16-bit floats → (low, high) as ``DT`` tensors."""
     lo = p.to(tl.int16).to(DT, bitcast=True)
     hi = (p >> 16).to(tl.int16).to(DT, bitcast=True)
@@ -88,10 +88,10 @@ def dequant_tile(words, zero, scale_bits, DT: tl.constexpr, BN: tl.constexpr, BW
             [words, tl.broadcast_to(neg_zz[:, None], (BN, BW)),
              tl.broadcast_to(ss[:, None], (BN, BW))],
             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
-        l0, h0 = _halves(p0, DT)
-        l1, h1 = _halves(p1, DT)
-        l2, h2 = _halves(p2, DT)
-        l3, h3 = _halves(p3, DT)
+        l0, h0 = halves(p0, DT)
+        l1, h1 = halves(p1, DT)
+        l2, h2 = halves(p2, DT)
+        l3, h3 = halves(p3, DT)
     else:  # interpreter: (q - zero) is exact in float32, then one rounding of the product
         z = zero.to(tl.float32)[:, None]
         s = (scale_bits & 0xFFFF).to(tl.int16).to(DT, bitcast=True).to(tl.float32)[:, None]
