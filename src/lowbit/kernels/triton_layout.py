@@ -2,6 +2,8 @@
 
 No repacking: the kernels read ``weight_packed``, ``weight_scale`` and ``weight_zero`` exactly as
 the module stores them (the compressed-tensors layout), so a checkpoint loads with no conversion.
+The one exception is opt-in: with ``LOWBIT_FRAG_LAYOUT=1`` the ``frag`` kernel reads a second,
+fragment-ordered copy made on first use (``triton_mma_frag``).
 """
 from __future__ import annotations
 
