@@ -449,6 +449,10 @@ def command_line(argv: list[str]) -> str:
 def run(args, argv: list[str]) -> dict:
     device = torch.device(args.device)
     notes: list[str] = []
+    if os.environ.get("LOWBIT_FRAG_LAYOUT") == "1":
+        notes.append("with LOWBIT_FRAG_LAYOUT=1 the w4a16 layers also hold fragment-ordered copies "
+                     "of their codes, zeros and scales (the codes' size plus 8 bytes per row and "
+                     "group), not counted in 'decoder linears MiB'")
     import_lowbit(notes)
     cfg = llama_config(args.dry, args.layers)
     doc = {**versions(device), "command": command_line(argv),
