@@ -198,6 +198,8 @@ class QuantizedKVLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states, value_states) -> None:
         super().lazy_initialization(key_states, value_states)
+        # Set here, not left to the parent: transformers 5.24 stopped setting ``dtype`` there.
+        self.dtype, self.value_dtype = key_states.dtype, value_states.dtype
         batch, heads, _, head_dim = key_states.shape
         self.kv_shape = (batch, heads, head_dim)
         self.group = self.spec.group_for(head_dim)
@@ -233,7 +235,7 @@ class QuantizedKVLayer(DynamicLayer):
         if self._quantized_keys is None:
             return self.keys, self.values
         keys = dequantize_run(self._quantized_keys, self.dtype)
-        values = dequantize_run(self._quantized_values, self.dtype)
+        values = dequantize_run(self._quantized_values, self.value_dtype)
         return torch.cat([keys, self.keys], dim=-2), torch.cat([values, self.values], dim=-2)
 
     def _flush(self) -> None:
@@ -447,7 +449,7 @@ def kv_memory(cache: Cache) -> KVMemory:
         tokens, batch = max(tokens, seen), b
         window = getattr(layer, "sliding_window", None)
         float_tokens = min(seen, window - 1) if getattr(layer, "is_sliding", False) and window else seen
-        element = torch.empty((), dtype=layer.dtype).element_size()
+        element = layer.keys.element_size()  # the float tokens' (layers carry no dtype in 5.24)
         float_bytes += 2 * b * heads * head_dim * float_tokens * element
         fp16_per_token += 2 * heads * head_dim * 2
         quantized = (getattr(layer, "_quantized_keys", None), getattr(layer, "_quantized_values", None))
