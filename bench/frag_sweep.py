@@ -11,22 +11,15 @@ each family per point last.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
+import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gemv_sweep import streaming_setup, timed_row  # noqa: E402
-from kernels import copy_bandwidth_tbps, import_lowbit, log  # noqa: E402
+from gemv_sweep import run_sweeps, streaming_setup, sweep_arguments, timed_row  # noqa: E402
 
-SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
-LARGE = False  # --large: the large-batch grid
 
 
 def frag_grid_large(m: int, n: int) -> list:
@@ -61,7 +54,8 @@ def frag_grid(m: int, n: int) -> list:
     return out
 
 
-def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
+def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list, grid=None) -> list[dict]:
+    """Every column at one point; ``grid(m, n)``: the frag configs (``frag_grid`` by default)."""
     from lowbit.kernels.triton_mma_frag import frag_copies, mma_frag
     from lowbit.kernels.triton_weight_only import candidates, run_config
 
@@ -73,7 +67,7 @@ def sweep(k: int, n: int, m: int, copy_tbps: float, notes: list) -> list[dict]:
         if cfg.path in ("gemv_half2", "pairs"):
             cols[("shipped", cfg.label())] = [lambda lo=lo, cfg=cfg: run_config(x, lo, None, cfg)
                                               for lo in layouts]
-    for cfg in (frag_grid_large(m, n) if LARGE else frag_grid(m, n)):
+    for cfg in (grid or frag_grid)(m, n):
         cols[("frag", cfg.label())] = [lambda lo=lo, f=f, cfg=cfg: mma_frag(x, lo, *f, None, cfg)
                                        for lo, f in zip(layouts, frags)]
     rows = [timed_row({"K": k, "N": n, "M": m, "family": family, "config": name,
@@ -109,44 +103,14 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336 (K×N)")
-    ap.add_argument("--batches", default="1,2,4,8,16,32,64,128,256", help="comma-separated M")
+    ap = sweep_arguments(__doc__.splitlines()[0], "1,2,4,8,16,32,64,128,256")
     ap.add_argument("--large", action="store_true", help="the large-batch grid (M ≥ 256)")
     args = ap.parse_args()
-    global LARGE
-    LARGE = args.large
-    shapes = SHAPES if args.shapes == "all" else [
-        tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    notes: list = []
-    import_lowbit(notes)
-    import triton
-
-    props = torch.cuda.get_device_properties(0)
-    copy_tbps = copy_bandwidth_tbps()
-    doc = {"device": props.name, "torch": torch.__version__, "triton": triton.__version__,
-           "python": platform.python_version(), "copy_tbps": copy_tbps,
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "PYTHONPATH=src python3 bench/frag_sweep.py --out $OUT "
-                      f"--batches {args.batches}" + (f" --shapes {args.shapes}"
-                                                     if args.shapes != "all" else "")
-                      + (" --large" if args.large else ""),
-           "notes": notes, "rows": []}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    for k, n in shapes:
-        for m in [int(v) for v in args.batches.split(",")]:
-            doc["rows"] += sweep(k, n, m, copy_tbps, notes)
-            log(f"{k}x{n} M={m} done at {time.time() - t0:.0f} s")
-        doc["seconds"] = time.time() - t0
-        (out / "frag_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
-    for note in notes[:20]:
-        log("note:", note)
-    log(f"copy ceiling {copy_tbps:.2f} TB/s")
-    log(table(doc["rows"]))
-    return 0
+    command = (f"PYTHONPATH=src python3 bench/frag_sweep.py --out $OUT --batches {args.batches}"
+               + (f" --shapes {args.shapes}" if args.shapes != "all" else "")
+               + (" --large" if args.large else ""))
+    grid = frag_grid_large if args.large else frag_grid
+    return run_sweeps(args, functools.partial(sweep, grid=grid), "frag_sweep.json", command, table)
 
 
 if __name__ == "__main__":

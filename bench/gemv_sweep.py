@@ -122,12 +122,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sweep_arguments(description: str, batches: str) -> argparse.ArgumentParser:
+    """The options every sweep takes (``--out``, ``--shapes``, ``--batches``)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336 (K×N)")
-    ap.add_argument("--batches", default="1", help="comma-separated M, e.g. 1,2,4,8")
-    args = ap.parse_args()
+    ap.add_argument("--batches", default=batches, help="comma-separated M, e.g. 1,2,4,8")
+    return ap
+
+
+def run_sweeps(args, sweep_fn, json_name: str, command: str, table_fn) -> int:
+    """``sweep_fn(k, n, m, copy_tbps, notes)`` for every shape and batch of ``args``, the rows
+    written to ``<out>/json_name`` after each shape (with the machine, versions, date and
+    ``command``), the notes and ``table_fn(rows)`` printed last."""
     shapes = SHAPES if args.shapes == "all" else [
         tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     notes: list = []
@@ -138,21 +145,29 @@ def main() -> int:
     copy_tbps = copy_bandwidth_tbps()
     doc = {"device": props.name, "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "copy_tbps": copy_tbps,
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": f"PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT --batches {args.batches}",
-           "notes": notes,
-           "rows": []}
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command,
+           "notes": notes, "rows": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
     for k, n in shapes:
         for m in [int(v) for v in args.batches.split(",")]:
-            doc["rows"] += sweep_shape(k, n, m, copy_tbps, notes)
-        (out / "gemv_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
-    for note in notes:
+            doc["rows"] += sweep_fn(k, n, m, copy_tbps, notes)
+            log(f"{k}x{n} M={m} done at {time.time() - t0:.0f} s")
+        doc["seconds"] = time.time() - t0
+        (out / json_name).write_text(json.dumps(doc, indent=1) + "\n")
+    for note in notes[:20]:
         log("note:", note)
     log(f"copy ceiling {copy_tbps:.2f} TB/s")
-    log(table(doc["rows"]))
+    log(table_fn(doc["rows"]))
     return 0
+
+
+def main() -> int:
+    args = sweep_arguments(__doc__.splitlines()[0], "1").parse_args()
+    return run_sweeps(args, sweep_shape, "gemv_sweep.json",
+                      f"PYTHONPATH=src python3 bench/gemv_sweep.py --out $OUT --batches {args.batches}",
+                      table)
 
 
 if __name__ == "__main__":
