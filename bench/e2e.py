@@ -319,6 +319,56 @@ def replay_matches_eager(rep: Replayer, pos: int, tokens: torch.Tensor) -> tuple
     return match, rel_err(replay_logits, eager_logits)
 
 
+# Kernel names → what they do, first match wins (lowbit's own kernels are named in its modules).
+KERNEL_KINDS = (
+    ("lowbit linears", ("_gemv", "_mma", "_int8", "_quantize_rows", "_scale_int32", "_xhalf2",
+                        "_xplanes", "_dequant", "_reduce", "_tma")),
+    ("cuBLAS GEMM", ("gemm", "nvjet", "cutlass", "xmma", "splitkreduce")),
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
+    ("inductor fused", ("triton_",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other (eager elementwise, copies)"
+
+
+@torch.no_grad()
+def profile_steps(rep: "Replayer", start_pos: int, steps: int) -> dict:
+    """GPU kernel time per decode step by kind and the ten costliest kernels (torch.profiler over
+    ``steps`` replays; kernels inside CUDA graphs are recorded one by one). ``busy`` is the sum
+    of kernel times; the rest of a step's wall time is gaps between kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rep.dec.set_position(start_pos)
+    rep.replay()
+    sync(rep.dec.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            rep.replay()
+        sync(rep.dec.device)
+    kinds: dict[str, float] = {}
+    kernels = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        if us is None:
+            us = getattr(e, "cuda_time_total", 0.0)
+        if us <= 0:  # host-side runtime calls carry no device time
+            continue
+        per_step = us / steps
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + per_step
+        kernels.append({"name": e.key[:120], "us_per_step": per_step,
+                        "calls_per_step": e.count / steps, "kind": kernel_kind(e.key)})
+    kernels.sort(key=lambda k: -k["us_per_step"])
+    return {"steps": steps, "busy_us_per_step": sum(kinds.values()),
+            "us_per_step_by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+            "top_kernels": kernels[:10]}
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     y, ref = y.double(), ref.double()
     return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
@@ -355,6 +405,8 @@ def bench_batch(model, cfg, variant: str, batch: int, args, device, ref_logits: 
         "logits_rel_err_vs_bf16": None, "replay_token_match": match,
         "replay_logits_rel_diff": replay_diff, "prefill_warmup_s": warm_s,
     }
+    if args.profile and use_graph:
+        row["profile"] = profile_steps(rep, args.prompt + 1, min(args.steps, 16))
     if variant == "bf16":
         ref_logits[batch] = first_logits
     elif batch in ref_logits:
@@ -544,6 +596,19 @@ def render_markdown(doc: dict) -> str:
         "next tokens on which a replay agrees with an eager step from the same state",
         "", table(doc), "",
     ]
+    profiled = [r for r in rows if r.get("profile")]
+    if profiled:
+        kinds = sorted({k for r in profiled for k in r["profile"]["us_per_step_by_kind"]})
+        head = ["variant", "batch", "ms/step", "kernels busy µs"] + [f"{k} µs" for k in kinds]
+        lines += ["## where a step's time goes (torch.profiler, µs of GPU kernel time per step)", "",
+                  "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for r in profiled:
+            p = r["profile"]
+            lines.append("| " + " | ".join(
+                [r["variant"], str(r["batch"]), fmt(r["ms_per_step"], "{:.3f}"),
+                 fmt(p["busy_us_per_step"])]
+                + [fmt(p["us_per_step_by_kind"].get(k, 0.0)) for k in kinds]) + " |")
+        lines.append("")
     if doc.get("notes"):
         lines += ["## notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
     return "\n".join(lines)
@@ -574,6 +639,10 @@ def parse_args(argv):
                     help="decode steps through torch.compile (default mode) before CUDA-graph capture; "
                          "lowbit's weight-only linears stay one custom operator each "
                          "(kernels/custom_op.py); W8A8 layers are traced")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record each step's GPU kernel time by kind (lowbit linears, cuBLAS, "
+                         "attention, fused elementwise, other) and the costliest kernels "
+                         "(torch.profiler over 16 replays, after the timed series)")
     a = ap.parse_args(argv)
     unknown = set(a.variants) - set(VARIANTS)
     if unknown:

@@ -140,46 +140,33 @@ def dot_pairs(p0, p1, p2, p3, x0, x1, x2, x3, USE_PTX: tl.constexpr):
 
 
 @triton.jit
-def _stack_planes(r0, r1, r2, r3, BM: tl.constexpr):
-    """Two or four ``(NS, SW)`` tensors stacked along a new leading axis (rows in order)."""
-    if BM == 2:
-        out = tl.permute(tl.join(r0, r1), (2, 0, 1))
-    else:  # join(join(r0, r1), join(r2, r3))[..., i, k] is row 2k + i
-        j = tl.join(tl.join(r0, r1), tl.join(r2, r3))
-        out = tl.reshape(tl.permute(j, (3, 2, 0, 1)), (4, j.shape[0], j.shape[1]))
-    return out
+def _stack_planes(r0, r1, r2, r3):
+    """Four ``(NS, SW)`` tensors stacked along a new leading axis (rows in order)."""
+    j = tl.join(tl.join(r0, r1), tl.join(r2, r3))  # [..., i, k] is row 2k + i
+    return tl.reshape(tl.permute(j, (3, 2, 0, 1)), (4, j.shape[0], j.shape[1]))
 
 
 @triton.jit
-def _stack_scales(r0, r1, r2, r3, BM: tl.constexpr):
+def _stack_scales(r0, r1, r2, r3):
     """The same for ``(NS,)`` tensors."""
-    if BM == 2:
-        out = tl.permute(tl.join(r0, r1), (1, 0))
-    else:
-        j = tl.join(tl.join(r0, r1), tl.join(r2, r3))
-        out = tl.reshape(tl.permute(j, (2, 1, 0)), (4, j.shape[0]))
-    return out
+    j = tl.join(tl.join(r0, r1), tl.join(r2, r3))
+    return tl.reshape(tl.permute(j, (2, 1, 0)), (4, j.shape[0]))
 
 
 @triton.jit
-def _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw, k_end, M, BM: tl.constexpr, NS: tl.constexpr,
-                  SW: tl.constexpr):
-    """``x_pairs`` for BM = 2 or 4 input rows (rows past M read nothing): planes ``(BM, NS, SW)``
-    and powers of two ``(BM, NS)``."""
+def _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw, k_end, M, NS: tl.constexpr, SW: tl.constexpr):
+    """``x_pairs`` for four input rows (rows past M read nothing): planes ``(4, NS, SW)`` and
+    powers of two ``(4, NS)``."""
     a0, a1, a2, a3, ua = x_pairs(x_ptr, stride_xk, rw, k_end, NS, SW, TARGET_EXP_JIT)
     b0, b1, b2, b3, ub = x_pairs(x_ptr + stride_xm, stride_xk, rw, tl.where(M > 1, k_end, 0), NS,
                                  SW, TARGET_EXP_JIT)
-    if BM == 2:
-        c0, c1, c2, c3, uc = a0, a1, a2, a3, ua  # unused by the two-row stack
-        d0, d1, d2, d3, ud = a0, a1, a2, a3, ua
-    else:
-        c0, c1, c2, c3, uc = x_pairs(x_ptr + 2 * stride_xm, stride_xk, rw,
-                                     tl.where(M > 2, k_end, 0), NS, SW, TARGET_EXP_JIT)
-        d0, d1, d2, d3, ud = x_pairs(x_ptr + 3 * stride_xm, stride_xk, rw,
-                                     tl.where(M > 3, k_end, 0), NS, SW, TARGET_EXP_JIT)
-    return (_stack_planes(a0, b0, c0, d0, BM), _stack_planes(a1, b1, c1, d1, BM),
-            _stack_planes(a2, b2, c2, d2, BM), _stack_planes(a3, b3, c3, d3, BM),
-            _stack_scales(ua, ub, uc, ud, BM))
+    c0, c1, c2, c3, uc = x_pairs(x_ptr + 2 * stride_xm, stride_xk, rw, tl.where(M > 2, k_end, 0),
+                                 NS, SW, TARGET_EXP_JIT)
+    d0, d1, d2, d3, ud = x_pairs(x_ptr + 3 * stride_xm, stride_xk, rw, tl.where(M > 3, k_end, 0),
+                                 NS, SW, TARGET_EXP_JIT)
+    return (_stack_planes(a0, b0, c0, d0), _stack_planes(a1, b1, c1, d1),
+            _stack_planes(a2, b2, c2, d2), _stack_planes(a3, b3, c3, d3),
+            _stack_scales(ua, ub, uc, ud))
 
 
 @triton.jit
@@ -217,9 +204,16 @@ def _load_inputs(xh_ptr, xe_ptr, x_ptr, rm, m_mask, tile, M, K, KW, KC, w_end, s
     if FUSE_X and BM == 1:  # pairs built here from x, one power of two per segment
         x0, x1, x2, x3, up = x_pairs(x_ptr, stride_xk, rw, tl.minimum(K, w_end * 8), NS, SW,
                                      TARGET_EXP_JIT)
+    elif FUSE_X and BM == 2:  # the two rows' planes joined: (NS, SW, 2), powers (NS, 2)
+        k_end = tl.minimum(K, w_end * 8)
+        a0, a1, a2, a3, ua = x_pairs(x_ptr, stride_xk, rw, k_end, NS, SW, TARGET_EXP_JIT)
+        b0, b1, b2, b3, ub = x_pairs(x_ptr + stride_xm, stride_xk, rw, tl.where(M > 1, k_end, 0),
+                                     NS, SW, TARGET_EXP_JIT)
+        x0, x1, x2, x3 = tl.join(a0, b0), tl.join(a1, b1), tl.join(a2, b2), tl.join(a3, b3)
+        up = tl.join(ua, ub)
     elif FUSE_X:
         x0, x1, x2, x3, up = _x_pairs_rows(x_ptr, stride_xm, stride_xk, rw,
-                                           tl.minimum(K, w_end * 8), M, BM, NS, SW)
+                                           tl.minimum(K, w_end * 8), M, NS, SW)
     else:  # pairs from the input pass (triton_xhalf2), one power of two per 128 inputs
         k0 = (tile * NS + seg) * (SW * 8)
         x_mask = m_mask[:, None, None] & (rw < w_end)[None, :, :]
@@ -256,20 +250,43 @@ def _load_tile(xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_ma
 
 
 @triton.jit
+def _row_product(p0, p1, p2, p3, x0, x1, x2, x3, scale, up, BN: tl.constexpr, NS: tl.constexpr,
+                 SW: tl.constexpr, USE_PTX: tl.constexpr):
+    """One input row's planes ``(NS, SW)`` times the unpacked words, scaled, summed over runs of
+    ``VEC`` consecutive words: ``(BN, NS, SW // VEC)``. A thread holds such a run (one 16-byte
+    load), so the sum stays in its registers and the accumulator is ``VEC`` times smaller (at
+    batch 1 on 32 rows: 8 float32 registers instead of 32)."""
+    shape3: tl.constexpr = (BN, NS, SW)
+    VEC: tl.constexpr = min(4, SW)
+    part = dot_pairs(p0, p1, p2, p3, tl.broadcast_to(x0[None], shape3),
+                     tl.broadcast_to(x1[None], shape3), tl.broadcast_to(x2[None], shape3),
+                     tl.broadcast_to(x3[None], shape3), USE_PTX)
+    part = tl.sum(tl.reshape(part, (BN, NS, SW // VEC, VEC)), axis=3)
+    return part * (scale * up[None, :])[:, :, None]
+
+
+@triton.jit
 def _tile_product(words, zz, scale, x0, x1, x2, x3, up, BM: tl.constexpr, BN: tl.constexpr,
                   NS: tl.constexpr, SW: tl.constexpr, USE_PTX: tl.constexpr,
-                  FUSED_ROW: tl.constexpr):
+                  FUSED_ROWS: tl.constexpr):
     """Each word's eight products with each input row, scaled by the segment's weight scale and
-    input power of two: ``(BN, NS, SW)`` float32 for ``FUSED_ROW`` (batch 1), else ``(BM, BN, NS)``
-    summed over the segment's words. The codes are unpacked once and reused by every input row."""
+    input power of two: ``(BN, NS, SW)`` float32 for ``FUSED_ROWS`` 1 (batch 1, x paired here),
+    ``(BN, NS, SW, 2)`` for ``FUSED_ROWS`` 2, else ``(BM, BN, NS)`` summed over the segment's
+    words. The codes are unpacked once and reused by every input row."""
     shape: tl.constexpr = (BM, BN, NS, SW)
     p0, p1, p2, p3 = dequant_pairs(words, tl.broadcast_to(zz[:, :, None], (BN, NS, SW)), USE_PTX)
-    if FUSED_ROW:  # batch 1, x paired in the kernel: three dimensions (a unit axis costs more)
-        shape3: tl.constexpr = (BN, NS, SW)
-        part = dot_pairs(p0, p1, p2, p3, tl.broadcast_to(x0[None], shape3),
-                         tl.broadcast_to(x1[None], shape3), tl.broadcast_to(x2[None], shape3),
-                         tl.broadcast_to(x3[None], shape3), USE_PTX)
-        part = part * (scale * up[None, :])[:, :, None]
+    if FUSED_ROWS == 1:  # three dimensions (a unit axis costs more)
+        part = _row_product(p0, p1, p2, p3, x0, x1, x2, x3, scale, up, BN, NS, SW, USE_PTX)
+    elif FUSED_ROWS == 2:
+        # Two full accumulators, summed once after the K loop: reducing across the segment's
+        # words every tile (the path below) made batch 2 cost 1.7x batch 1 on the H100.
+        a0, b0 = tl.split(x0)
+        a1, b1 = tl.split(x1)
+        a2, b2 = tl.split(x2)
+        a3, b3 = tl.split(x3)
+        ua, ub = tl.split(up)
+        part = tl.join(_row_product(p0, p1, p2, p3, a0, a1, a2, a3, scale, ua, BN, NS, SW, USE_PTX),
+                       _row_product(p0, p1, p2, p3, b0, b1, b2, b3, scale, ub, BN, NS, SW, USE_PTX))
     else:
         part = dot_pairs(tl.broadcast_to(p0[None], shape), tl.broadcast_to(p1[None], shape),
                          tl.broadcast_to(p2[None], shape), tl.broadcast_to(p3[None], shape),
@@ -302,7 +319,9 @@ def _gemv_half2_kernel(
     # previous kernel; nothing a preceding kernel writes (x, the workspace, the counters) is
     # touched before that wait.
     BK: tl.constexpr = NS * SW * 8
-    ROW1: tl.constexpr = FUSE_X and BM == 1  # batch 1, x paired here: three-dimensional tiles
+    # rows held in full-size accumulators (x paired here): batch 1 as (BN, NS, SW), batch 2 as
+    # (BN, NS, SW, 2); 0: the general (BM, BN, NS) form
+    ROWS: tl.constexpr = BM if FUSE_X and BM <= 2 else 0
     if PDL:
         gdc_launch_dependents()
     pid_n = tl.program_id(0)
@@ -313,8 +332,11 @@ def _gemv_half2_kernel(
     m_mask = rm < M
     first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     w_end = tl.minimum(KW, last * (NS * SW))  # this split's words end here
-    if ROW1:
-        acc = tl.zeros((BN, NS, SW), tl.float32)
+    VEC: tl.constexpr = min(4, SW)  # words summed as they come (_row_product)
+    if ROWS == 1:
+        acc = tl.zeros((BN, NS, SW // VEC), tl.float32)
+    elif ROWS == 2:
+        acc = tl.zeros((BN, NS, SW // VEC, 2), tl.float32)
     else:
         acc = tl.zeros((BM, BN, NS), tl.float32)
     if UNROLL == 1:
@@ -325,7 +347,7 @@ def _gemv_half2_kernel(
                 xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile, last,
                 M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn, stride_zn,
                 BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
-            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, ROW1)
+            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, ROWS)
     else:
         words, zz, sc, x0, x1, x2, x3, up = _load_tile(
             xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, first, last,
@@ -336,10 +358,12 @@ def _gemv_half2_kernel(
                 xh_ptr, xe_ptr, x_ptr, wq_ptr, s_ptr, z_ptr, rn, n_mask, rm, m_mask, tile + 1,
                 last, M, K, KW, KC, w_end, group, stride_xm, stride_xk, stride_wn, stride_sn,
                 stride_zn, BM, BN, NS, SW, HAS_ZERO, XCHUNK, FUSE_X)
-            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, ROW1)
+            acc += _tile_product(words, zz, sc, x0, x1, x2, x3, up, BM, BN, NS, SW, USE_PTX, ROWS)
             words, zz, sc, x0, x1, x2, x3, up = n_words, n_zz, n_sc, n_x0, n_x1, n_x2, n_x3, n_up
-    if ROW1:
+    if ROWS == 1:
         total = tl.sum(tl.sum(acc, axis=2), axis=1)[None, :]                    # (1, BN)
+    elif ROWS == 2:
+        total = tl.permute(tl.sum(tl.sum(acc, axis=2), axis=1), (1, 0))          # (2, BN)
     else:
         total = tl.sum(acc, axis=2)                                             # (BM, BN)
     out_offs = rm[:, None] * N + rn[None, :]

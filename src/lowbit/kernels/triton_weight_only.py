@@ -23,6 +23,7 @@ timed yet, to a fixed per-bucket default). Set ``LOWBIT_TRITON_TUNE=0`` to alway
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -79,11 +80,13 @@ HALF2_M1 = [(32, 256, 1, 1, True, None), (32, 256, 2, 1, True, None), (32, 256, 
             (32, 256, 8, 1, True, None), (16, 256, 8, 1, True, None), (32, 512, 8, 2, True, None),
             (64, 256, 1, 2, False, None), (16, 256, 4, 1, True, 168)]
 # Batch 2 on CUDA cores (the codes unpacked once for both rows; x paired in the kernel or by a
-# small pass): (rows per program, K tile, split-K, warps, x in the kernel). On the H100 these beat
-# the tensor-core kernels at M = 2 on some shapes (4096x4096: 12.1 vs 14.7 us) and never at 4-8
-# (bench/results/gemv-sweep.json, gemv-sweep-small-batch.json), so larger batches do not try them.
-HALF2_SMALL = {2: [(32, 256, 1, 1, True), (32, 256, 2, 1, True), (16, 256, 4, 1, True),
-                   (16, 256, 8, 1, True), (32, 256, 2, 1, False), (16, 256, 8, 1, False)]}
+# small pass): (rows per program, K tile, split-K, warps, x in the kernel). With x paired in the
+# kernel each row has its own full-size accumulator, so one warp holds 16 rows (32 spill: 255
+# registers and 304 bytes of stack in Triton 3.6's sm_90 build) or two warps 32. Batches of 4-8
+# never beat the tensor-core kernels (bench/results/gemv-sweep-small-batch.json) and do not try.
+HALF2_SMALL = {2: [(16, 256, 1, 1, True), (16, 256, 2, 1, True), (16, 256, 4, 1, True),
+                   (16, 256, 8, 1, True), (32, 256, 2, 2, True), (32, 256, 4, 2, True),
+                   (32, 256, 2, 1, False), (16, 256, 8, 1, False)]}
 
 
 def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
@@ -245,31 +248,27 @@ def _tune_key(layout: WeightLayout, x2: torch.Tensor) -> tuple:
             x2.dtype, batch_bucket(x2.shape[0]))
 
 
-def _graph_time_us(fn, calls: int = 20, replays: int = 5, before=None) -> float:
-    """Median µs per call of ``fn``, ``calls`` of them captured in one CUDA graph (so Python
-    launch overhead does not decide), the graph replayed ``replays`` times. ``before`` runs
-    ahead of every call, inside the graph and inside the timing."""
+def _graph_time_us(fns, calls: int = 20, replays: int = 5) -> float:
+    """Median µs per call, ``calls`` calls cycling through ``fns`` captured in one CUDA graph (so
+    Python launch overhead does not decide), the graph replayed ``replays`` times."""
     import time
-
-    def step():
-        if before is not None:
-            before()
-        fn()
 
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    step()  # also compiles, outside the graph
+    fns[0]()  # also compiles, outside the graph
     torch.cuda.synchronize()
     calls = max(2, min(calls, int(0.01 / max(time.perf_counter() - t0, 1e-6))))
+    calls = -(-calls // len(fns)) * len(fns)  # every copy equally often
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        step()
+        for fn in fns:
+            fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(calls):
-            step()
+        for i in range(calls):
+            fns[i % len(fns)]()
     graph.replay()
     times = []
     for _ in range(replays):
@@ -282,32 +281,45 @@ def _graph_time_us(fn, calls: int = 20, replays: int = 5, before=None) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _l2_flush(device: torch.device):
-    """A function that evicts the GPU's L2 cache (by writing twice its size), so each timed
-    call reads the weights from memory as a decode step does: with a layer's weights resident
-    in L2 the tuner ranked batch-1 configs differently (4096x14336: picked at 15.9 µs from L2,
-    20.9 µs when streaming, where the runner-up streamed at 17.1)."""
-    size = 2 * getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
-    scratch = torch.empty(size, dtype=torch.uint8, device=device)
-    return lambda: scratch.zero_()
+MAX_TUNE_COPIES = 32
+
+
+def streaming_layouts(layout: WeightLayout) -> list[WeightLayout]:
+    """The layer's layout and enough clones of its buffers (at least twice the L2 cache in all)
+    that timing calls cycling through them reads the weights from memory, back to back, as a
+    decode step does. With one layer's weights resident in L2 the tuner picked on 4096x14336 a
+    batch-1 config at 15.9 µs that streamed at 20.9 µs (runner-up 17.1); with an L2 flush before
+    every call, on 14336x4096 one that tuned 0.3 µs ahead and streamed 4 µs behind
+    (bench/results/kernels-frag.md)."""
+    if not layout.packed.is_cuda:
+        return [layout]
+    props = torch.cuda.get_device_properties(layout.packed.device)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    tensors = [t for t in (layout.packed, layout.scale, layout.zero) if t is not None]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    copies = min(MAX_TUNE_COPIES, max(1, -(-2 * l2 // nbytes)))
+    clones = [dataclasses.replace(layout, packed=layout.packed.clone(), scale=layout.scale.clone(),
+                                  zero=None if layout.zero is None else layout.zero.clone())
+              for _ in range(copies - 1)]
+    return [layout] + clones
 
 
 def _tune(x2: torch.Tensor, layout: WeightLayout, bias, key: tuple) -> KernelConfig:
     timings: dict[str, float] = {}
     best, best_us = None, float("inf")
-    flush = _l2_flush(x2.device) if x2.is_cuda else None
-    # The flush's own time, taken from every candidate's: the log then shows kernel times.
-    flush_us = _graph_time_us(flush) if flush is not None else 0.0
+    layouts = streaming_layouts(layout)
     for cfg in candidates(x2.shape[0], layout.bits):
         try:
             run_config(x2, layout, bias, cfg)  # compile outside the timed graph
-            us = _graph_time_us(lambda: run_config(x2, layout, bias, cfg), before=flush) - flush_us
+            us = _graph_time_us([lambda lo=lo, cfg=cfg: run_config(x2, lo, bias, cfg)
+                                 for lo in layouts])
         except Exception:  # a config the compiler rejects (e.g. out of shared memory)
             timings[cfg.label()] = float("nan")
             continue
         timings[cfg.label()] = us
         if us < best_us:
             best, best_us = cfg, us
+    del layouts  # the clones (and any frag copies made of them) go with them
     TUNE_LOG[key] = timings
     # Nothing compiled (e.g. a Triton that rejects a kernel's inline assembly): the plain Triton
     # kernels of the 8-bit list read any code width the layout allows.
