@@ -164,6 +164,16 @@ def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
         set_module(model, name, linear)
 
 
+def unfuse(model: nn.Module, members: dict[str, nn.Module]) -> None:
+    """Undo ``fuse_projections``: the members back in place, the stacked modules dropped."""
+    from lowbit.modules.fused_projections import FusedProjection
+
+    restore(model, members)
+    for name in [n for n, m in model.named_modules() if isinstance(m, FusedProjection)]:
+        parent, _, leaf = name.rpartition(".")
+        delattr(model.get_submodule(parent), leaf)
+
+
 # ------------------------------------------------------------------ decoding
 
 def sync(device: torch.device) -> None:
@@ -435,6 +445,12 @@ def bench_variant(model, cfg, variant: str, args, device, ref_logits: dict, note
     log(f"== {variant}: {info['decoder_linears']} decoder linears "
         f"({', '.join(info['decoder_linear_kind'])}), {info['decoder_linear_bytes'] / 2**30:.3f} GiB, "
         f"built in {quant_s:.1f} s")
+    fused_from = None
+    if args.fuse:  # after the sizes above: the stacked copies are a run-time arrangement
+        from lowbit.modules.fused_projections import fuse_projections
+
+        fused_from = dict(decoder_linears(model))
+        info["fused_projections"] = len(fuse_projections(model))
     rows = []
     step_model = None
     if args.compile:  # a fresh compile per variant: its linears are other modules
@@ -454,6 +470,8 @@ def bench_variant(model, cfg, variant: str, args, device, ref_logits: dict, note
                 f"rel err vs bf16 {fmt(row['logits_rel_err_vs_bf16'], '{:.3e}')}  "
                 f"replay=eager {row['replay_token_match']:.3f}  ({row['prefill_warmup_s']:.1f} s prefill+warm-up)")
     finally:
+        if fused_from is not None:
+            unfuse(model, fused_from)
         restore(model, originals)
         del originals
         if device.type == "cuda":
@@ -512,7 +530,7 @@ def run(args, argv: list[str]) -> dict:
                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
            "shape": "tiny Llama (dry run)" if args.dry else "Llama-3-8B",
            "init_std": args.init_std, "seed": args.seed, "attention": "sdpa", "kv_cache": "transformers StaticCache",
-           "compile": bool(args.compile),
+           "compile": bool(args.compile), "fused_projections": bool(args.fuse),
            "bf16_everywhere_else": "embeddings, lm_head, norms, attention and the KV cache stay bf16 in every variant",
            "notes": notes, "variants": [], "rows": []}
     doc["model"]["rope_theta"] = rope_theta(cfg)
@@ -588,6 +606,8 @@ def render_markdown(doc: dict) -> str:
         + ("through `torch.compile` (default mode; lowbit's weight-only linears one custom operator "
            "each, W8A8 layers traced) "
            if doc.get("compile") else "")
+        + ("with each block's q/k/v and gate/up stacked into one linear in every variant "
+           "(`lowbit.modules.fused_projections`), " if doc.get("fused_projections") else "")
         + ("captured in a CUDA graph and replayed" if timing == "graph" else "run eagerly (no CUDA graph)")
         + f" {first.get('steps', '—')} times back to back; median of {first.get('repeats', '—')} series. "
         "tokens/s = batch × steps / seconds; ×bf16 = bf16 ms/step / variant ms/step",
@@ -601,7 +621,10 @@ def render_markdown(doc: dict) -> str:
         kinds = sorted({k for r in profiled for k in r["profile"]["us_per_step_by_kind"]})
         head = ["variant", "batch", "ms/step", "kernels busy µs"] + [f"{k} µs" for k in kinds]
         lines += ["## where a step's time goes (torch.profiler, µs of GPU kernel time per step)", "",
-                  "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+                  "Kernels launched with programmatic dependent launch (lowbit's GEMVs on Hopper) "
+                  "start while the previous kernel drains and wait inside, so their time includes "
+                  "some of their predecessors' and the busy sum can exceed the step's wall time.",
+                  "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in profiled:
             p = r["profile"]
             lines.append("| " + " | ".join(
@@ -639,6 +662,9 @@ def parse_args(argv):
                     help="decode steps through torch.compile (default mode) before CUDA-graph capture; "
                          "lowbit's weight-only linears stay one custom operator each "
                          "(kernels/custom_op.py); W8A8 layers are traced")
+    ap.add_argument("--fuse", action="store_true",
+                    help="in every variant (bf16 included), run each block's q/k/v and gate/up as "
+                         "one stacked linear (lowbit.modules.fused_projections)")
     ap.add_argument("--profile", action="store_true",
                     help="also record each step's GPU kernel time by kind (lowbit linears, cuBLAS, "
                          "attention, fused elementwise, other) and the costliest kernels "

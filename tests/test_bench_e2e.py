@@ -84,3 +84,21 @@ def test_cached_decode_steps_match_an_uncached_forward():
     # bf16 end to end: the cached and uncached attention round differently, by about 1e-3.
     assert e2e.rel_err(step1, full[:, -2]) < 1e-2
     assert e2e.rel_err(step2, full[:, -1]) < 1e-2
+
+
+def test_fused_dry_run_decodes_the_same_tokens_and_unfuses(dry_doc, tmp_path):
+    # --fuse stacks q/k/v and gate/up in every variant that allows it: same logits as unfused
+    # (up to float summation order), and the model is back to its own modules afterwards.
+    _, plain = dry_doc
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        assert e2e.main(["--device", "cpu", "--dry", "--fuse", "--batches", "1",
+                         "--variants", "bf16,w4a16", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "e2e.json").read_text())
+    assert doc["fused_projections"] is True
+    assert {v["variant"]: v["fused_projections"] for v in doc["variants"]} == {"bf16": 4, "w4a16": 4}
+    want = {r["variant"]: r for r in plain["rows"] if r["batch"] == 1}
+    got = {r["variant"]: r for r in doc["rows"]}
+    assert got["w4a16"]["logits_rel_err_vs_bf16"] == pytest.approx(
+        want["w4a16"]["logits_rel_err_vs_bf16"], rel=1e-3)
+    assert "stacked into one linear" in e2e.render_markdown(doc)

@@ -60,6 +60,12 @@ def save(model: nn.Module, tokenizer=None, out_dir: str | os.PathLike = "out", f
     when complete. ``extra_files`` maps relative file names to text or bytes (reports, ...).
     Returns the output path.
     """
+    from ..modules.fused_projections import is_fused
+
+    if is_fused(model):
+        raise InputError("this model's projections were fused for running (fuse_projections): "
+                         "its state dict no longer has the checkpoint's names; save it before "
+                         "fusing")
     fmt = choose_format(model, format)
     out = check_writable_target(out_dir, overwrite)
     extra = _checked_extra_files(extra_files or {})
