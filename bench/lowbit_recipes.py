@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbit.algorithms.rotation import RotationConfig
 from lowbit.recipes import Recipe, load_preset
 from lowbit.recipes.build import build_recipe
 
@@ -20,6 +21,8 @@ class BenchRecipe:
     sym: bool | None = None  # None: the preset's own choice
     calibration_dtype: str | None = None  # None: the walk's default ("auto")
     alpha: float | None = None  # SmoothQuant steps: None keeps the preset's alpha
+    group_size: int | None = None  # None: the preset's own choice
+    rotate: bool = False  # prepend a rotate step (R1 + R2, algorithms/rotation.py) to the preset
 
     def pipeline_options(self) -> dict:
         return {} if self.calibration_dtype is None else {"calibration_dtype": self.calibration_dtype}
@@ -31,10 +34,13 @@ class BenchRecipe:
                 if step["method"] == "smoothquant":
                     step["alpha"] = self.alpha
             return Recipe.from_dict({**d, "name": self.name})
-        if self.clip is None and self.observer is None and self.sym is None:
+        if self.clip is None and self.observer is None and self.sym is None and self.group_size is None \
+                and not self.rotate:
             return load_preset(self.preset)
-        r = build_recipe(preset=self.preset, clip=self.clip, observer=self.observer, sym=self.sym)
-        return Recipe(r.format, r.steps, r.ignore, r.overrides, self.name, r.activations)
+        r = build_recipe(preset=self.preset, clip=self.clip, observer=self.observer, sym=self.sym,
+                         group_size=self.group_size)
+        steps = (RotationConfig(), *r.steps) if self.rotate else r.steps
+        return Recipe(r.format, steps, r.ignore, r.overrides, self.name, r.activations)
 
 
 LOWBIT_RECIPES: list[BenchRecipe] = [
@@ -99,6 +105,17 @@ LOWBIT_RECIPES += [
     # first 12 lee-512 windows), to see whether the bar holds without that choice
     BenchRecipe("llm-int8-smoothquant-a085", "llm-int8-smoothquant", alpha=0.85),
     BenchRecipe("w8a8-fp8-smoothquant", "w8a8-fp8-smoothquant"),
+]
+# Offline rotation (R1 + R2) first (docs/W8A8.md, "Rotation"): static int8 with each observer,
+# with and without SmoothQuant after it; FP8 dynamic; W4 RTN g128 weight-only with and without.
+LOWBIT_RECIPES += [
+    *(BenchRecipe(f"w8a8-rotated-static-{o}", "w8a8-rotated-static", observer=o)
+      for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
+    *(BenchRecipe(f"w8a8-rotated-smoothquant-static-{o}", "w8a8-rotated-smoothquant-static", observer=o)
+      for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
+    BenchRecipe("w8a8-fp8-rotated", "w8a8-fp8-rotated"),
+    BenchRecipe("w4a16-rtn-g128", "w4a16-rtn", group_size=128),
+    BenchRecipe("w4a16-rtn-g128-rotated", "w4a16-rtn", group_size=128, rotate=True),
 ]
 BY_NAME = {r.name: r for r in LOWBIT_RECIPES}
 

@@ -14,7 +14,8 @@ bench/lowbit_quantize.py does. The observers therefore see identical inputs, and
 each row is the rounding plus the whole shared calibration pass plus its own observer's
 ``qparams`` (the histogram observers' search), so the rows compare like for like. A preset with
 a transform (``w8a8-smoothquant-static``) has it applied to the float model first, once, on the
-same calibration windows (``pipeline.smoothquant_block.smooth_model``), inside the timed part.
+same calibration windows (``pipeline.smoothquant_block.smooth_model``), inside the timed part, after
+a rotation where the preset has one (``w8a8-rotated-static``, ``w8a8-rotated-smoothquant-static``).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     from lowbit.observers import make_observer
     from lowbit.pipeline.act_stats import observe_group_inputs, set_input_scales
     from lowbit.pipeline.smoothquant_block import smooth_model
+    from lowbit.pipeline.transforms import apply_model_transforms
     from lowbit.quantize import quantize_each_linear
     from lowbit.sources import load_model
 
@@ -66,7 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="the dense float32 copy of SmolLM2 (bench/fp_copy.py)")
     ap.add_argument("--work", type=Path, default=Path("lowbit-out-bench"))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--preset", default="w8a8-int8-static", choices=["w8a8-int8-static", "w8a8-smoothquant-static"],
+    ap.add_argument("--preset", default="w8a8-int8-static",
+                    choices=["w8a8-int8-static", "w8a8-smoothquant-static", "w8a8-rotated-static",
+                             "w8a8-rotated-smoothquant-static"],
                     help="the static preset whose observers are compared (rows <preset>-<observer>)")
     ap.add_argument("--calib-windows", type=int, default=128,
                     help="the first N windows of pydoc-128x512 (default: all 128, the protocol)")
@@ -79,7 +83,8 @@ def main(argv=None) -> int:
     calib = calibration_windows(tokenizer, load_text("builtin:pydoc"), 128, 512)[:a.calib_windows]
     recipes = {o: BY_NAME[f"{a.preset}-{o}"].recipe() for o in OBSERVERS}
     start, cpu_start = time.perf_counter(), time.process_time()
-    for step in recipes["minmax"].steps[:-1]:  # transforms (SmoothQuant) fold into the float model first
+    apply_model_transforms(model, recipes["minmax"])  # whole-model transforms (rotate) first
+    for step in recipes["minmax"].block_transforms:  # then SmoothQuant folds into the float model
         smooth_model(model, calib, step)
     quantize_each_linear(model, recipes["minmax"], progress=False)
     with torch.no_grad():

@@ -116,6 +116,12 @@ def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool 
     if recipe.needs_calibration and calib is None:
         raise InputError(f"recipe {recipe.name!r} ({recipe.method}) needs calibration data: "
                          f"pass calib= token ids (n_samples, seqlen)")
+    start = time.perf_counter()
+    # Whole-model transforms (rotate) first: everything after, calibration included, sees the
+    # transformed float model.
+    from .pipeline.transforms import apply_model_transforms
+    model_rows = apply_model_transforms(model, recipe)
+    model_seconds = time.perf_counter() - start
     if recipe.steps_need_calibration:
         from .pipeline import quantize_with_calibration
         report = quantize_with_calibration(model, recipe, calib, progress=progress, **pipeline_options)
@@ -123,6 +129,9 @@ def quantize_model(model: nn.Module, recipe: Recipe, calib=None, progress: bool 
         if pipeline_options and not recipe.needs_calibration:
             raise TypeError(f"options {sorted(pipeline_options)} only apply to calibrated recipes")
         report = quantize_each_linear(model, recipe, progress)
+    if model_rows:
+        report.steps[:0] = model_rows
+        report.seconds = round(report.seconds + model_seconds, 3)
     if recipe.activations is not None and recipe.activations.needs_calibration:
         # Static input scales, once the weights are final (pipeline/act_stats.py).
         from .pipeline.act_stats import calibrate_input_scales

@@ -43,7 +43,8 @@ def rounder_for(method: str) -> RounderEntry:
 
 # Transforms change the float model before a rounder rounds it (AWQ). They are recipe steps like
 # rounders, keyed by method name; the block-level work is registered in ``pipeline/transforms.py``
-# under the config type (algorithms know no models).
+# under the config type (algorithms know no models). A ``whole_model`` transform (rotation) changes
+# the model once, before any block-level step, through the model-level handler registered there.
 TRANSFORMS: dict[str, "TransformEntry"] = {}
 
 
@@ -52,10 +53,17 @@ class TransformEntry:
     method: str
     config_type: type
     needs_calibration: bool = True
+    whole_model: bool = False
 
 
-def register_transform(method: str, config_type: type, needs_calibration: bool = True) -> None:
-    TRANSFORMS[method] = TransformEntry(method, config_type, needs_calibration)
+def register_transform(method: str, config_type: type, needs_calibration: bool = True,
+                       whole_model: bool = False) -> None:
+    TRANSFORMS[method] = TransformEntry(method, config_type, needs_calibration, whole_model)
+
+
+def is_whole_model_transform(method: str) -> bool:
+    _load_builtin()
+    return method in TRANSFORMS and TRANSFORMS[method].whole_model
 
 
 def is_transform(method: str) -> bool:
@@ -79,3 +87,4 @@ def _load_builtin() -> None:
     from . import gptq_step  # noqa: F401  (registers "gptq")
     from . import awq_step  # noqa: F401  (registers the "awq" transform)
     from . import smoothquant  # noqa: F401  (registers the "smoothquant" transform)
+    from . import rotation  # noqa: F401  (registers the "rotate" whole-model transform)

@@ -70,7 +70,8 @@ def resolve(requested: str | torch.dtype | None, model_dtype: torch.dtype, devic
 def resolve_for_recipe(requested, model_dtype: torch.dtype, device: torch.device, recipe) -> torch.dtype:
     """``resolve`` for a recipe: whether its rounder is calibrated and whether it has transforms."""
     calibrated = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
-    return resolve(requested, model_dtype, device, calibrated, len(recipe.steps) > 1)
+    # whole-model transforms (rotate) are done before the walk: only block transforms fold into it
+    return resolve(requested, model_dtype, device, calibrated, bool(recipe.block_transforms))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

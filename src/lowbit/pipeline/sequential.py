@@ -100,7 +100,7 @@ def quantize_with_calibration(
     if batch_size is None:
         batch_size = default_batch_size(device)
     batches = calibration_batches(calib, batch_size)
-    transforms = recipe.steps[:-1]
+    transforms = recipe.block_transforms  # whole-model ones (rotate) ran before the walk
     calibrated_rounder = rounder_for(recipe.rounder.to_dict()["method"]).needs_calibration
     model_dtype = next(model.parameters()).dtype
     compute = compute_dtype.resolve_for_recipe(calibration_dtype, model_dtype, device, recipe)

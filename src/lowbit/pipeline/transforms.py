@@ -2,7 +2,8 @@
 
 A transform step (AWQ) changes one decoder block's float weights before the recipe's rounder
 rounds them. The walk (``sequential.py``) calls the handler registered for the step's config
-type with a :class:`BlockContext`; it never looks at method names.
+type with a :class:`BlockContext`; it never looks at method names. Whole-model transforms
+(rotation) have a model-level handler instead, run once by ``quantize_model`` before the walk.
 """
 from __future__ import annotations
 
@@ -64,6 +65,34 @@ def block_transform_for(step) -> BlockTransform:
     return BLOCK_TRANSFORMS[type(step)]
 
 
+# Whole-model transforms (rotation): ``fn(step, model) -> rows``, run once before any block step.
+ModelTransform = Callable[[object, nn.Module], list]
+MODEL_TRANSFORMS: dict[type, ModelTransform] = {}
+
+
+def register_model_transform(config_type: type):
+    def wrap(fn: ModelTransform) -> ModelTransform:
+        MODEL_TRANSFORMS[config_type] = fn
+        return fn
+    return wrap
+
+
+def model_transform_for(step) -> ModelTransform:
+    _load_builtin()
+    if type(step) not in MODEL_TRANSFORMS:
+        raise ValueError(f"no model-level handler for transform step {type(step).__name__}")
+    return MODEL_TRANSFORMS[type(step)]
+
+
+def apply_model_transforms(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """Run the recipe's whole-model transforms on ``model`` in place; their report rows."""
+    rows = []
+    for step in recipe.model_transforms:
+        rows += model_transform_for(step)(step, model)
+    return rows
+
+
 def _load_builtin() -> None:
     from . import awq_block  # noqa: F401  (registers AWQConfig)
     from . import smoothquant_block  # noqa: F401  (registers SmoothQuantConfig)
+    from . import rotate  # noqa: F401  (registers RotationConfig, whole-model)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..algorithms.registry import is_transform, step_for
+from ..algorithms.registry import is_transform, is_whole_model_transform, step_for
 from ..errors import InputError
 from ..formats import FormatSpec
 from ..formats.activations import ActivationSpec
@@ -54,6 +54,12 @@ class Recipe:
         if is_transform(methods[-1]) or any(not is_transform(m) for m in methods[:-1]):
             raise InputError(f"recipe steps {methods}: transforms (e.g. awq) come first and the "
                              f"last step, only it, is a rounder (e.g. rtn, gptq)")
+        whole = [is_whole_model_transform(m) for m in methods]
+        # A whole-model transform (rotate) changes every block and the embeddings: block-level
+        # transforms computed before it would be undone, so it runs first.
+        if any(w and not prev for prev, w in zip(whole, whole[1:])):
+            raise InputError(f"recipe steps {methods}: whole-model transforms (rotate) come before "
+                             f"every other step")
 
     @property
     def method(self) -> str:
@@ -63,6 +69,16 @@ class Recipe:
     def rounder(self):
         """The last step picks the integers; earlier steps transform the float model."""
         return self.steps[-1]
+
+    @property
+    def model_transforms(self) -> tuple:
+        """The whole-model transforms (rotate), applied once before everything else."""
+        return tuple(s for s in self.steps[:-1] if is_whole_model_transform(s.to_dict()["method"]))
+
+    @property
+    def block_transforms(self) -> tuple:
+        """The transforms the calibration walk applies block by block (AWQ, SmoothQuant)."""
+        return tuple(s for s in self.steps[:-1] if not is_whole_model_transform(s.to_dict()["method"]))
 
     @property
     def needs_calibration(self) -> bool:
