@@ -36,7 +36,7 @@ def test_fused_float_model_gives_the_same_logits(arch):
             assert m._parts is None and m._input is None
 
 
-@pytest.mark.parametrize("preset", ["w4a16-rtn", "w8a16-rtn"])
+@pytest.mark.parametrize("preset", ["w4a16-rtn", "w8a16-rtn", "w8a8-int8", "w8a8-fp8"])
 def test_fused_quantized_model_gives_the_same_logits(preset):
     model = tiny_models.build("llama")
     quantize_model(model, load_preset(preset), progress=False)
@@ -100,3 +100,20 @@ def test_members_trace_as_one_graph():
         assert torch.allclose(compiled(x), want, atol=1e-6)
         assert torch.allclose(compiled(x + 1), step(x + 1), atol=1e-6)
     assert fused._parts is None
+
+
+def test_static_members_fuse_only_with_one_input_scale():
+    calib = tiny_models.input_ids(4, 16, seed=5)
+    model = tiny_models.build("llama")
+    quantize_model(model, load_preset("w8a8-int8-static"), calib=calib, progress=False)
+    mlp = model.model.layers[0].mlp
+    # gate and up read one input, so calibration gave them one scale; force q/k/v's apart
+    assert torch.equal(mlp.gate_proj.input_scale, mlp.up_proj.input_scale)
+    attn = model.model.layers[0].self_attn
+    attn.k_proj.input_scale = attn.k_proj.input_scale * 2
+    with torch.no_grad():
+        ref = model(IDS).logits
+    names = fuse_projections(model)
+    assert "model.layers.0.fused_mlp_gate_proj" in names
+    assert "model.layers.0.fused_self_attn_q_proj" not in names
+    assert tiny_models.logit_error(model, IDS, ref) < 1e-5

@@ -15,10 +15,11 @@ of it as long as they receive the very same input tensor (compared by identity, 
 while ``torch.compile`` traces and while a CUDA graph is captured). The last member drops the
 kept product, so nothing outlives the forward.
 
-Members fuse when they are all plain ``nn.Linear`` or all ``QuantLinear`` of one integer format
-with per-row scales (stacking rows then stacks codes, scales and zeros unchanged). Anything else
-(W8A8 layers, whose per-layer static input scales may differ; per-tensor scales; coded scales)
-stays as it is. The fused model is for running: its state dict has the stacked weights under new
+Members fuse when they are all plain ``nn.Linear``, all ``QuantLinear`` of one integer format
+with per-row scales, or all ``W8A8Linear`` / all ``FP8Linear`` with dynamic activations or one
+equal static input scale (stacking rows then stacks codes, scales and zeros unchanged, and the
+activations are quantized once for the group). Anything else (per-tensor or coded weight scales,
+different static input scales, LLM.int8() layers) stays as it is. The fused model is for running: its state dict has the stacked weights under new
 names, so save the model before fusing it (``lowbit``'s checkpoint writer refuses a fused one).
 """
 from __future__ import annotations
@@ -26,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fp8_linear import FP8Linear
 from .quant_linear import QuantLinear
+from .w8a8_linear import W8A8Linear
 
 
 class FusedProjection(nn.Module):
@@ -110,6 +113,33 @@ def _stacked_quant(members: list[QuantLinear]) -> QuantLinear:
     return out
 
 
+def _act_fusable(members: list[nn.Module]) -> bool:
+    first = members[0]
+    return (type(first) in (W8A8Linear, FP8Linear)
+            and all(type(m) is type(first) and m.static == first.static
+                    and m.weight_scale.dtype == first.weight_scale.dtype for m in members)
+            and (not first.static or all(torch.equal(m.input_scale, first.input_scale)
+                                         for m in members)))
+
+
+def _stacked_act(members: list[nn.Module]) -> nn.Module:
+    first = members[0]
+    rows = sum(m.out_features for m in members)
+    has_bias = any(m.bias is not None for m in members)
+    out = type(first)(first.in_features, rows, bias=has_bias, static=first.static, device="meta")
+    out.weight_codes = torch.cat([m.weight_codes for m in members])
+    out.weight_scale = torch.cat([m.weight_scale for m in members])
+    if first.static:
+        out.input_scale = first.input_scale.clone()
+    if has_bias:
+        dtype = next(m.bias.dtype for m in members if m.bias is not None)
+        out.bias = nn.Parameter(torch.cat([
+            m.bias.detach().to(dtype) if m.bias is not None else
+            torch.zeros(m.out_features, dtype=dtype, device=out.weight_codes.device)
+            for m in members]), requires_grad=False)
+    return out
+
+
 def stack_members(members: list[nn.Module]) -> nn.Module | None:
     """One module computing every member's rows in order, or None if they do not stack."""
     if len(members) < 2 or any(m.in_features != members[0].in_features for m in members):
@@ -120,6 +150,8 @@ def stack_members(members: list[nn.Module]) -> nn.Module | None:
         return _stacked_linear(members)
     if all(isinstance(m, QuantLinear) for m in members) and _quant_fusable(members):
         return _stacked_quant(members)
+    if _act_fusable(members):
+        return _stacked_act(members)
     return None
 
 
