@@ -15,7 +15,7 @@ each row is the rounding plus the whole shared calibration pass plus its own obs
 ``qparams`` (the histogram observers' search), so the rows compare like for like. A preset with
 a transform (``w8a8-smoothquant-static``) has it applied to the float model first, once, on the
 same calibration windows (``pipeline.smoothquant_block.smooth_model``), inside the timed part, after
-a rotation where the preset has one (``w8a8-rotated-static``, ``w8a8-rotated-smoothquant-static``).
+a rotation where the recipe has one (``w8a8-rotated-static``, ``w8a8-rotated-smoothquant-static``).
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="w8a8-int8-static",
                     choices=["w8a8-int8-static", "w8a8-smoothquant-static", "w8a8-rotated-static",
                              "w8a8-rotated-smoothquant-static"],
-                    help="the static preset whose observers are compared (rows <preset>-<observer>)")
+                    help="the static recipe whose observers are compared (rows <preset>-<observer> of "
+                         "bench/lowbit_recipes.py; w8a8-rotated-static is w8a8-int8-static after a rotation)")
     ap.add_argument("--calib-windows", type=int, default=128,
                     help="the first N windows of pydoc-128x512 (default: all 128, the protocol)")
     a = ap.parse_args(argv)
