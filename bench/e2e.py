@@ -369,10 +369,10 @@ def profile_steps(rep: "Replayer", start_pos: int, steps: int) -> dict:
             us = getattr(e, "cuda_time_total", 0.0)
         if us <= 0:  # host-side runtime calls carry no device time
             continue
-        per_step = us / steps
-        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + per_step
+        per_step, kind = us / steps, kernel_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.0) + per_step
         kernels.append({"name": e.key[:120], "us_per_step": per_step,
-                        "calls_per_step": e.count / steps, "kind": kernel_kind(e.key)})
+                        "calls_per_step": e.count / steps, "kind": kind})
     kernels.sort(key=lambda k: -k["us_per_step"])
     return {"steps": steps, "busy_us_per_step": sum(kinds.values()),
             "us_per_step_by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import InputError
-from .registry import register_transform
+from .registry import register_transform, step_fields
 from .rtn import ClipSearch
 
 
@@ -45,10 +45,7 @@ class AWQConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AWQConfig":
-        d = {k: v for k, v in d.items() if k != "method"}
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise InputError(f"awq step: unknown fields {sorted(set(d) - known)} (known: {sorted(known)})")
+        d = step_fields(cls, d, "awq")
         if "clip" in d:
             clip = d.pop("clip")
             if clip in (None, False):

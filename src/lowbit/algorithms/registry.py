@@ -11,8 +11,10 @@ clips W in place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
+
+from ..errors import InputError
 
 ROUNDERS: dict[str, "RounderEntry"] = {}
 
@@ -54,6 +56,16 @@ class TransformEntry:
     config_type: type
     needs_calibration: bool = True
     whole_model: bool = False
+
+
+def step_fields(cls: type, d: dict, method: str) -> dict:
+    """A recipe step's fields for the dataclass ``cls``, without ``method``; fields ``cls`` does
+    not have are a user error."""
+    d = {k: v for k, v in d.items() if k != "method"}
+    known = {f.name for f in fields(cls)}
+    if set(d) - known:
+        raise InputError(f"{method} step: unknown fields {sorted(set(d) - known)} (known: {sorted(known)})")
+    return d
 
 
 def register_transform(method: str, config_type: type, needs_calibration: bool = True,

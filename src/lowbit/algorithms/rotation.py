@@ -19,13 +19,13 @@ The pure part is here; folding and rotating a model is ``pipeline/rotate.py``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
 from .hadamard import hadamard
-from .registry import register_transform
+from .registry import register_transform, step_fields
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,7 @@ class RotationConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RotationConfig":
-        d = {k: v for k, v in d.items() if k != "method"}
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise InputError(f"rotate step: unknown fields {sorted(set(d) - known)} (known: {sorted(known)})")
+        d = step_fields(cls, d, "rotate")
         return cls(**d)
 
 

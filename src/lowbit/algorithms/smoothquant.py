@@ -15,12 +15,12 @@ folding) is pipeline/smoothquant_block.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
-from .registry import register_transform
+from .registry import register_transform, step_fields
 
 # Keeps s inside float range on dead channels (an all-zero column or input); llm-compressor clamps alike.
 MIN_SCALE = 1e-5
@@ -45,10 +45,7 @@ class SmoothQuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SmoothQuantConfig":
-        d = {k: v for k, v in d.items() if k != "method"}
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise InputError(f"smoothquant step: unknown fields {sorted(set(d) - known)} (known: {sorted(known)})")
+        d = step_fields(cls, d, "smoothquant")
         return cls(**d)
 
 

@@ -88,6 +88,8 @@ def _stacked_linear(members: list[nn.Linear]) -> nn.Linear:
 
 def _quant_fusable(members: list[nn.Module]) -> bool:
     first = members[0]
+    if type(first) is not QuantLinear:
+        return False
     spec = first.spec
     return (spec.kind == "int" and spec.group_size != 0 and not spec.double_quant
             and not spec.coded_scales
@@ -148,7 +150,7 @@ def stack_members(members: list[nn.Module]) -> nn.Module | None:
         if len({(m.weight.dtype, m.weight.device) for m in members}) != 1:
             return None
         return _stacked_linear(members)
-    if all(isinstance(m, QuantLinear) for m in members) and _quant_fusable(members):
+    if _quant_fusable(members):
         return _stacked_quant(members)
     if _act_fusable(members):
         return _stacked_act(members)
