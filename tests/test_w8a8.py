@@ -183,6 +183,31 @@ def test_static_scale_follows_the_observer():
     assert FP8Linear  # imported for the presets above
 
 
+@pytest.mark.parametrize("true_sequential", [False, True])
+@pytest.mark.parametrize("preset", ["w8a8-int8-static", "w8a8-fp8-static"])
+def test_static_presets_with_gptq_weights(preset, true_sequential):
+    """GPTQ's walk rounds each block before any static scale exists: the next block's inputs (and
+    a true-sequential walk's later Hessians) come from its layers quantizing per token, never from
+    the NaN placeholder scale (which ended the walk with a HessianError at block 1)."""
+    import dataclasses
+
+    from lowbit.algorithms.gptq_step import GPTQConfig
+
+    recipe = dataclasses.replace(load_preset(preset), steps=(GPTQConfig(clip=None),))
+    base = tiny_models.build("llama")
+    with torch.no_grad():
+        ref = base(IDS).logits
+    model = copy.deepcopy(base)
+    report = quantize_model(model, recipe, calib=CALIB, progress=False, true_sequential=true_sequential)
+    layers = [m for m in model.modules() if isinstance(m, ActQuantLinear)]
+    assert len(layers) == len(report.layers) == len(report.inputs) > 0
+    assert all(0 <= r["proxy_err_rel"] < 0.05 for r in report.layers)  # GPTQ rows: finite Hessians
+    assert all(torch.isfinite(m.input_scale).all() and m.input_scale.item() > 0 for m in layers)
+    with torch.no_grad():
+        err = ((model(IDS).logits - ref).norm() / ref.norm()).item()
+    assert err < PRESETS[preset], err
+
+
 # ---------------------------------------------------------------- command line
 
 def test_cli_static_preset_with_an_observer(tmp_path):

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -62,6 +63,24 @@ def group_input_absmax(block: nn.Module, block_index: int, groups: list[tuple[st
     return absmax, outputs
 
 
+@contextlib.contextmanager
+def per_token_while_uncalibrated(root: nn.Module, everyone: bool = False):
+    """Within, static W8A8 layers of ``root`` quantize their inputs per token (dynamic): those
+    whose scale is still the NaN placeholder (a calibrated walk's next-block inputs and Hessians
+    come from blocks rounded before any static scale exists), or with ``everyone`` all static
+    ones (the static calibration pass itself). Their scales are put back on exit."""
+    layers = [m for m in root.modules() if isinstance(m, ActQuantLinear) and m.static
+              and (everyone or bool(torch.isnan(m.input_scale).any()))]
+    saved = [m.input_scale for m in layers]
+    for m in layers:
+        m.input_scale = None
+    try:
+        yield
+    finally:
+        for m, scale in zip(layers, saved):
+            m.input_scale = scale
+
+
 def observer_target(activations: ActivationSpec) -> str:
     return "fp8" if activations.kind == "fp8" else "int8"
 
@@ -93,10 +112,6 @@ def observe_group_inputs(model: nn.Module, calib, new_observer: Callable[[], obj
     observers = [new_observer() for _ in groups]
     if not groups:
         return []
-    layers = [m for g in groups for _, m in g]
-    saved = [m.input_scale for m in layers]
-    for m in layers:
-        m.input_scale = None  # per token while calibrating
     handles = [members[0][1].register_forward_pre_hook(lambda _m, args, obs=obs: obs.observe(args[0]))
                for obs, members in zip(observers, groups)]
     head = get_module(model, arch_for(model).head)
@@ -109,16 +124,15 @@ def observe_group_inputs(model: nn.Module, calib, new_observer: Callable[[], obj
     was_training = model.training
     model.eval()
     try:
-        for ids in tqdm(calibration_batches(calib, batch_size), desc=desc, unit="batch", disable=not progress):
-            try:
-                model(input_ids=ids.to(device), use_cache=False)
-            except _StopForward:
-                pass
+        with per_token_while_uncalibrated(model, everyone=True):
+            for ids in tqdm(calibration_batches(calib, batch_size), desc=desc, unit="batch", disable=not progress):
+                try:
+                    model(input_ids=ids.to(device), use_cache=False)
+                except _StopForward:
+                    pass
     finally:
         for h in handles:
             h.remove()
-        for m, scale in zip(layers, saved):
-            m.input_scale = scale
         model.train(was_training)
     return list(zip(groups, observers))
 

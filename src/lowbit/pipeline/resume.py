@@ -32,10 +32,13 @@ from torch import nn
 from ..arch import get_module, set_module
 from ..errors import InputError
 from ..formats import FormatSpec
+from ..formats.activations import ActivationSpec
 from ..modules import QuantLinear
+from ..modules.act_linear import ActQuantLinear
+from ..modules.factory import ACT_MODULES
 
 STATE = "state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: W8A8 layers record their activation spec
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -115,12 +118,17 @@ class ResumeDir:
         return self.state
 
     def restore_block(self, index: int, block: nn.Module) -> None:
-        """Put finished block ``index`` back: its QuantLinears and its saved state dict."""
+        """Put finished block ``index`` back: its quantized linears and its saved state dict."""
         for meta in self.state.layers.get(str(index), []):
             old = get_module(block, meta["path"])
             bias = getattr(old, "bias", None) is not None
-            q = QuantLinear(meta["in"], meta["out"], FormatSpec.from_dict(meta["spec"]), bias,
-                            dtype=getattr(torch, meta["dtype"]), device=meta_device(old))
+            dtype, device = getattr(torch, meta["dtype"]), meta_device(old)
+            if "activations" in meta:  # W8A8 / FP8 / LLM.int8 (the weight format is the kind's)
+                acts = ActivationSpec.from_dict(meta["activations"])
+                q = ACT_MODULES[acts.kind].empty(meta["in"], meta["out"], acts, bias, dtype=dtype, device=device)
+            else:
+                q = QuantLinear(meta["in"], meta["out"], FormatSpec.from_dict(meta["spec"]), bias,
+                                dtype=dtype, device=device)
             set_module(block, meta["path"], q)
         saved = load_file(self.path / _block_file(index))
         missing, unexpected = block.load_state_dict(saved, strict=False)
@@ -133,7 +141,7 @@ class ResumeDir:
         return [saved[f"hidden.{b}"].to(device) for b in range(len(saved))]
 
     # -- writing -----------------------------------------------------------------------------
-    def save_block(self, index: int, block: nn.Module, quantized: dict[str, QuantLinear],
+    def save_block(self, index: int, block: nn.Module, quantized: dict[str, nn.Module],
                    rows: list[dict], next_hidden: list[torch.Tensor] | None) -> None:
         """Record block ``index`` as finished, with the inputs of block ``index + 1``."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -144,10 +152,7 @@ class ResumeDir:
         _write_atomic(self.path / _block_file(index), lambda p: save_file(state, p))
         self.state.finished = index + 1
         self.state.rows = self.state.rows + list(rows)
-        self.state.layers[str(index)] = [
-            {"path": path, "in": q.in_features, "out": q.out_features, "spec": q.spec.to_dict(),
-             "dtype": str(q.weight_scale.dtype).removeprefix("torch.")}
-            for path, q in quantized.items()]
+        self.state.layers[str(index)] = [_layer_meta(path, q) for path, q in quantized.items()]
         data = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "finished": self.state.finished, "rows": self.state.rows, "layers": self.state.layers}
         _write_atomic(self.path / STATE, lambda p: p.write_text(json.dumps(data)))
@@ -163,6 +168,19 @@ class ResumeDir:
             if p.name == STATE or p.name.startswith((".state.json", "block-", "hidden-", ".block-", ".hidden-")):
                 p.unlink(missing_ok=True)
         remove_if_empty(self.path)
+
+
+def _layer_meta(path: str, q: nn.Module) -> dict:
+    """What ``restore_block`` needs to rebuild a finished layer before loading its state."""
+    meta = {"path": path, "in": q.in_features, "out": q.out_features, "spec": q.spec.to_dict()}
+    if isinstance(q, ActQuantLinear):
+        # The module's dtype is its bias's; its weight scales keep their kind's own dtype.
+        meta["activations"] = q.activation_spec().to_dict()
+        dtype = q.bias.dtype if q.bias is not None else q.weight_scale.dtype
+    else:
+        dtype = q.weight_scale.dtype
+    meta["dtype"] = str(dtype).removeprefix("torch.")
+    return meta
 
 
 def remove_resume_dir(path: str | os.PathLike) -> None:

@@ -54,6 +54,7 @@ from ..quantize import QuantizationReport, _record, check_targets, find_targets
 from ..recipes import Recipe
 from . import compute_dtype
 from .capture import calibration_batches, capture_block_inputs, default_batch_size, run_block, to_hidden_device
+from .act_stats import per_token_while_uncalibrated
 from .dense_pass import dequantized_once
 from .hessians import collect_hessians
 from .host_allocator import give_back_free_heap, reuse_freed_host_memory
@@ -165,7 +166,8 @@ def quantize_with_calibration(
                 if next_hidden is not None:
                     inputs.hidden = next_hidden
                 elif i + 1 < len(blocks):
-                    with dequantized_once(block, enabled=device.type == "cpu"):
+                    with dequantized_once(block, enabled=device.type == "cpu"), \
+                            per_token_while_uncalibrated(block):
                         for b, hidden in enumerate(inputs.hidden):
                             args, kwargs = inputs.call(b, i)
                             replay.set_batch(b)
@@ -228,7 +230,8 @@ def _round_stage(block, i, groups, recipe, arch, report, cast=None) -> None:
 
 
 def _quantize_stage(block, i, groups, inputs, recipe, arch, device, report, replay, cast=None) -> None:
-    with dequantized_once(block, enabled=device.type == "cpu"):  # true-sequential: parts already rounded
+    # true-sequential: parts already rounded
+    with dequantized_once(block, enabled=device.type == "cpu"), per_token_while_uncalibrated(block):
         accs = collect_hessians(block, i, groups, inputs, device, arch.conv1d, on_batch=replay.set_batch)
     prefix = f"{arch.blocks}.{i}."
     for paths, acc in zip(groups, accs):
