@@ -19,7 +19,8 @@ one after the other from the same bf16 weights:
   asymmetric, group 128, round-to-nearest; Triton kernels tuned per shape and batch bucket;
 - ``w8a8``: every decoder linear a lowbit ``W8A8Linear``, int8 symmetric per-channel weights,
   int8 activations quantized per token at run time (``torch._int_mm`` plus Triton epilogues).
-Embeddings and ``lm_head`` stay bf16 in every variant (the JSON says so too).
+Embeddings and ``lm_head`` stay bf16 in every variant (the JSON says so too), except in
+``w4a16-head`` (on request, ``--variants``): w4a16 with ``lm_head`` in int4 g128 as well.
 
 Fairness: every variant decodes gpt-fast style through the same loop. transformers' ``StaticCache``
 holds the KV cache at fixed addresses; the prompt is prefilled eagerly; a few decode steps run
@@ -56,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import env_prefix  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402  (lowbit's layers even where its __init__ fails)
 
-VARIANTS = ("bf16", "w4a16", "w8a8")
+VARIANTS = ("bf16", "w4a16", "w8a8", "w4a16-head")
+DEFAULT_VARIANTS = ("bf16", "w4a16", "w8a8")  # w4a16-head (lm_head in int4 too) on request
 BATCHES = [1, 8, 32]
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
@@ -68,7 +70,8 @@ TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_att
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 W4_GROUP = 128
 FORMATS = {"bf16": "bf16 weights", "w4a16": f"int4 asym g{W4_GROUP} RTN, bf16 activations",
-           "w8a8": "int8 sym per-channel RTN weights, int8 dynamic per-token activations"}
+           "w8a8": "int8 sym per-channel RTN weights, int8 dynamic per-token activations",
+           "w4a16-head": f"as w4a16, and lm_head int4 asym g{W4_GROUP} RTN too"}
 
 
 def log(*a):
@@ -139,7 +142,7 @@ def quantize_linear(linear: nn.Linear, variant: str) -> nn.Module:
     from lowbit.modules.w8a8_linear import WEIGHT_SPEC, W8A8Linear
 
     w = linear.weight.detach()
-    if variant == "w4a16":
+    if variant in ("w4a16", "w4a16-head"):
         qw = rtn(w, FormatSpec(bits=4, sym=False, group_size=W4_GROUP))
         return QuantLinear.from_quantized(qw, linear.bias).eval()
     if variant == "w8a8":
@@ -152,7 +155,8 @@ def swap_in(model: nn.Module, variant: str, device: torch.device) -> dict[str, n
     """Replace the decoder linears by ``variant``'s modules, one at a time (so only one layer's
     quantization scratch is alive at once); returns the bf16 originals for ``restore``."""
     originals = {}
-    for name, linear in decoder_linears(model):
+    head = [("lm_head", model.lm_head)] if variant == "w4a16-head" else []
+    for name, linear in [*decoder_linears(model), *head]:
         originals[name] = linear
         set_module(model, name, quantize_linear(linear, variant))
     sync(device)
@@ -441,7 +445,8 @@ def bench_variant(model, cfg, variant: str, args, device, ref_logits: dict, note
     info = {"variant": variant, "format": FORMATS[variant], "quantize_s": quant_s,
             "decoder_linears": len(linears),
             "decoder_linear_bytes": sum(module_bytes(m) for _, m in linears),
-            "decoder_linear_kind": sorted({type(m).__name__ for _, m in linears})}
+            "decoder_linear_kind": sorted({type(m).__name__ for _, m in linears}),
+            "lm_head_kind": type(model.lm_head).__name__}
     log(f"== {variant}: {info['decoder_linears']} decoder linears "
         f"({', '.join(info['decoder_linear_kind'])}), {info['decoder_linear_bytes'] / 2**30:.3f} GiB, "
         f"built in {quant_s:.1f} s")
@@ -485,6 +490,18 @@ def add_speedups(rows: list[dict]) -> None:
     for r in rows:
         b = base.get(r["batch"])
         r["speedup_vs_bf16"] = b / r["ms_per_step"] if b else None
+
+
+def inductor_pdl(args) -> bool:
+    """Switch inductor's programmatic dependent launch on when asked; whether it is on."""
+    if not args.inductor_pdl:
+        return False
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(inductor_config.triton, "enable_pdl"):
+        raise SystemExit(f"--inductor-pdl: torch {torch.__version__}'s inductor has no triton.enable_pdl")
+    inductor_config.triton.enable_pdl = True
+    return True
 
 
 def versions(device: torch.device) -> dict:
@@ -531,7 +548,8 @@ def run(args, argv: list[str]) -> dict:
            "shape": "tiny Llama (dry run)" if args.dry else "Llama-3-8B",
            "init_std": args.init_std, "seed": args.seed, "attention": "sdpa", "kv_cache": "transformers StaticCache",
            "compile": bool(args.compile), "fused_projections": bool(args.fuse),
-           "bf16_everywhere_else": "embeddings, lm_head, norms, attention and the KV cache stay bf16 in every variant",
+           "inductor_pdl": inductor_pdl(args),
+           "bf16_everywhere_else": "embeddings, lm_head (but in w4a16-head), norms, attention and the KV cache stay bf16 in every variant",
            "notes": notes, "variants": [], "rows": []}
     doc["model"]["rope_theta"] = rope_theta(cfg)
     for n in notes:
@@ -606,6 +624,8 @@ def render_markdown(doc: dict) -> str:
         + ("through `torch.compile` (default mode; lowbit's weight-only linears one custom operator "
            "each, W8A8 layers traced) "
            if doc.get("compile") else "")
+        + ("with inductor's kernels launched through programmatic dependent launch (`--inductor-pdl`), "
+           if doc.get("inductor_pdl") else "")
         + ("with each block's q/k/v and gate/up stacked into one linear in every variant "
            "(`lowbit.modules.fused_projections`), " if doc.get("fused_projections") else "")
         + ("captured in a CUDA graph and replayed" if timing == "graph" else "run eagerly (no CUDA graph)")
@@ -649,7 +669,8 @@ def parse_args(argv):
     ap.add_argument("--render", metavar="JSON", help="only write JSON's Markdown beside it")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     ap.add_argument("--batches", type=ints, default=None, help=f"default {','.join(map(str, BATCHES))}")
-    ap.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    ap.add_argument("--variants", type=lambda s: s.split(","), default=list(DEFAULT_VARIANTS),
+                    help=f"default {','.join(DEFAULT_VARIANTS)}; also w4a16-head (lm_head in int4 too)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 64; dry 16)")
     ap.add_argument("--steps", type=int, default=None, help="timed decode steps per series (default 64; dry 4)")
     ap.add_argument("--warmup", type=int, default=3, help="eager decode steps before capture")
@@ -662,6 +683,11 @@ def parse_args(argv):
                     help="decode steps through torch.compile (default mode) before CUDA-graph capture; "
                          "lowbit's weight-only linears stay one custom operator each "
                          "(kernels/custom_op.py); W8A8 layers are traced")
+    ap.add_argument("--inductor-pdl", action="store_true",
+                    help="with --compile, in every variant: inductor's Triton kernels use programmatic "
+                         "dependent launch (Hopper; torch._inductor.config.triton.enable_pdl), so they "
+                         "launch during the kernel before them and let the next one launch early, as "
+                         "lowbit's batch-1 GEMV does")
     ap.add_argument("--fuse", action="store_true",
                     help="in every variant (bf16 included), run each block's q/k/v and gate/up as "
                          "one stacked linear (lowbit.modules.fused_projections)")
@@ -673,6 +699,8 @@ def parse_args(argv):
     unknown = set(a.variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)} (choose from {', '.join(VARIANTS)})")
+    if a.inductor_pdl and not a.compile:
+        ap.error("--inductor-pdl needs --compile")
     a.batches = a.batches or BATCHES
     a.prompt = a.prompt or (16 if a.dry else 64)
     a.steps = a.steps or (4 if a.dry else 64)

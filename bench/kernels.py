@@ -52,8 +52,9 @@ def import_lowbit(notes: list) -> None:
 
 
 def env_prefix() -> str:
-    """The lowbit switches set for this run, as they prefix its command line."""
-    on = [f"{k}={os.environ[k]}" for k in ("LOWBIT_FRAG_LAYOUT", "LOWBIT_PDL") if k in os.environ]
+    """The switches set for this run (lowbit's, and inductor's PDL), as they prefix its command line."""
+    on = [f"{k}={os.environ[k]}" for k in ("LOWBIT_FRAG_LAYOUT", "LOWBIT_PDL", "TORCHINDUCTOR_ENABLE_PDL")
+          if k in os.environ]
     return "".join(f"{w} " for w in on)
 
 

@@ -22,6 +22,8 @@ class BenchRecipe:
     calibration_dtype: str | None = None  # None: the walk's default ("auto")
     alpha: float | None = None  # SmoothQuant steps: None keeps the preset's alpha
     rotate: bool = False  # prepend a rotate step (R1 + R2, algorithms/rotation.py) to the preset
+    rounder_from: str | None = None  # replace the preset's rounder (its last step) by this preset's
+    keep_float: tuple[str, ...] = ()  # more ignore patterns: layers left in float (probes)
 
     def pipeline_options(self) -> dict:
         return {} if self.calibration_dtype is None else {"calibration_dtype": self.calibration_dtype}
@@ -34,11 +36,13 @@ class BenchRecipe:
                     step["alpha"] = self.alpha
             return Recipe.from_dict({**d, "name": self.name})
         if self.clip is None and self.observer is None and self.sym is None \
-                and not self.rotate:
+                and not self.rotate and self.rounder_from is None and not self.keep_float:
             return load_preset(self.preset)
         r = build_recipe(preset=self.preset, clip=self.clip, observer=self.observer, sym=self.sym)
         steps = (RotationConfig(), *r.steps) if self.rotate else r.steps
-        return Recipe(r.format, steps, r.ignore, r.overrides, self.name, r.activations)
+        if self.rounder_from is not None:
+            steps = (*steps[:-1], load_preset(self.rounder_from).steps[-1])
+        return Recipe(r.format, steps, (*r.ignore, *self.keep_float), r.overrides, self.name, r.activations)
 
 
 LOWBIT_RECIPES: list[BenchRecipe] = [
@@ -114,6 +118,14 @@ LOWBIT_RECIPES += [
     BenchRecipe("w8a8-fp8-rotated", "w8a8-fp8", rotate=True),
     # g64 (the preset's): SmolLM2's 576-wide inputs take no group of 128
     BenchRecipe("w4a16-rtn-rotated", "w4a16-rtn", rotate=True),
+    # GPTQ (damp 0.1, as w8a8-fp8-gptq) instead of RTN after rotation + SmoothQuant, and the
+    # w4a16-gptq preset after rotation (QuaRot's pairing: GPTQ rounds against the rotated inputs)
+    *(BenchRecipe(f"w8a8-rotated-smoothquant-static-gptq-{o}", "w8a8-rotated-smoothquant-static", observer=o,
+                  rounder_from="w8a8-fp8-gptq") for o in ("moving_average", "mse")),
+    BenchRecipe("w4a16-gptq-rotated", "w4a16-gptq", rotate=True),
+    # what perfect down_proj inputs would leave: the preset with every down_proj in float
+    BenchRecipe("w8a8-rotated-smoothquant-static-mse-down-float", "w8a8-rotated-smoothquant-static",
+                keep_float=("mlp.down_proj",)),
 ]
 BY_NAME = {r.name: r for r in LOWBIT_RECIPES}
 

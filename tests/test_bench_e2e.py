@@ -20,7 +20,7 @@ def dry_doc(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")  # a random model from a config: nothing to fetch
-        assert e2e.main(["--device", "cpu", "--dry", "--out", str(out)]) == 0
+        assert e2e.main(["--device", "cpu", "--dry", "--variants", ",".join(e2e.VARIANTS), "--out", str(out)]) == 0
     return out, json.loads((out / "e2e.json").read_text())
 
 
@@ -52,12 +52,15 @@ def test_dry_run_records_the_variants_and_renders(dry_doc):
     out, doc = dry_doc
     size = {v["variant"]: v["decoder_linear_bytes"] for v in doc["variants"]}
     kinds = {v["variant"]: v["decoder_linear_kind"] for v in doc["variants"]}
-    assert kinds == {"bf16": ["Linear"], "w4a16": ["QuantLinear"], "w8a8": ["W8A8Linear"]}
-    assert size["w4a16"] < size["w8a8"] < size["bf16"]
+    assert kinds == {"bf16": ["Linear"], "w4a16": ["QuantLinear"], "w8a8": ["W8A8Linear"],
+                     "w4a16-head": ["QuantLinear"]}
+    assert {v["variant"]: v["lm_head_kind"] for v in doc["variants"]} == {
+        "bf16": "Linear", "w4a16": "Linear", "w8a8": "Linear", "w4a16-head": "QuantLinear"}
+    assert size["w4a16"] == size["w4a16-head"] < size["w8a8"] < size["bf16"]
     assert all(v["decoder_linears"] == 2 * 7 for v in doc["variants"])
     for key in ("device", "torch", "transformers", "date", "command"):
         assert doc[key]
-    assert doc["command"].endswith("--device cpu --dry --out $OUT")
+    assert doc["command"].endswith(f"--device cpu --dry --variants {','.join(e2e.VARIANTS)} --out $OUT")
     assert e2e.main(["--render", str(out / "e2e.json")]) == 0
     md = (out / "e2e.md").read_text()
     assert doc["command"] in md and "| w8a8 | 32 |" in md
@@ -102,3 +105,16 @@ def test_fused_dry_run_decodes_the_same_tokens_and_unfuses(dry_doc, tmp_path):
     assert got["w4a16"]["logits_rel_err_vs_bf16"] == pytest.approx(
         want["w4a16"]["logits_rel_err_vs_bf16"], rel=1e-3)
     assert "stacked into one linear" in e2e.render_markdown(doc)
+
+
+def test_inductor_pdl_needs_compile_and_is_recorded(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    with pytest.raises(SystemExit):  # argparse's error: --inductor-pdl without --compile
+        e2e.parse_args(["--device", "cpu", "--dry", "--inductor-pdl"])
+    args = e2e.parse_args(["--device", "cpu", "--dry", "--compile", "--inductor-pdl"])
+    monkeypatch.setattr(inductor_config.triton, "enable_pdl", False)
+    assert e2e.inductor_pdl(args) is True and inductor_config.triton.enable_pdl is True
+    plain = e2e.parse_args(["--device", "cpu", "--dry", "--compile"])
+    assert e2e.inductor_pdl(plain) is False
+    assert plain.variants == ["bf16", "w4a16", "w8a8"]  # w4a16-head only on request
