@@ -123,6 +123,9 @@ LOWBIT_RECIPES += [
     *(BenchRecipe(f"w8a8-rotated-smoothquant-static-gptq-{o}", "w8a8-rotated-smoothquant-static", observer=o,
                   rounder_from="w8a8-fp8-gptq") for o in ("moving_average", "mse")),
     BenchRecipe("w4a16-gptq-rotated", "w4a16-gptq", rotate=True),
+    # an online Hadamard rotation of down_proj's inputs (R4) after rotation + SmoothQuant
+    *(BenchRecipe(f"w8a8-rotated-hadamard-static-{o}", "w8a8-rotated-hadamard-static", observer=o)
+      for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
     # what perfect down_proj inputs would leave: the preset with every down_proj in float
     BenchRecipe("w8a8-rotated-smoothquant-static-mse-down-float", "w8a8-rotated-smoothquant-static",
                 keep_float=("mlp.down_proj",)),

@@ -15,7 +15,9 @@ each row is the rounding plus the whole shared calibration pass plus its own obs
 ``qparams`` (the histogram observers' search), so the rows compare like for like. A preset with
 a transform (``w8a8-smoothquant-static``) has it applied to the float model first, once, on the
 same calibration windows (``pipeline.smoothquant_block.smooth_model``), inside the timed part, after
-a rotation where the recipe has one (``w8a8-rotated-static``, ``w8a8-rotated-smoothquant-static``).
+a rotation where the recipe has one (``w8a8-rotated-static``, ``w8a8-rotated-smoothquant-static``),
+and before the online Hadamard rotation of down_proj's inputs where it has one
+(``w8a8-rotated-hadamard-static``).
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
     from lowbit.io import save
     from lowbit.observers import make_observer
     from lowbit.pipeline.act_stats import observe_group_inputs, set_input_scales
+    from lowbit.algorithms.online_hadamard import OnlineHadamardConfig
+    from lowbit.pipeline.online_hadamard_block import rotate_down_inputs
     from lowbit.pipeline.smoothquant_block import smooth_model
     from lowbit.pipeline.transforms import apply_model_transforms
     from lowbit.quantize import quantize_each_linear
@@ -70,7 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--preset", default="w8a8-int8-static",
                     choices=["w8a8-int8-static", "w8a8-smoothquant-static", "w8a8-rotated-static",
-                             "w8a8-rotated-smoothquant-static"],
+                             "w8a8-rotated-smoothquant-static", "w8a8-rotated-hadamard-static"],
                     help="the static recipe whose observers are compared (rows <preset>-<observer> of "
                          "bench/lowbit_recipes.py; w8a8-rotated-static is w8a8-int8-static after a rotation)")
     ap.add_argument("--calib-windows", type=int, default=128,
@@ -85,8 +89,11 @@ def main(argv=None) -> int:
     recipes = {o: BY_NAME[f"{a.preset}-{o}"].recipe() for o in OBSERVERS}
     start, cpu_start = time.perf_counter(), time.process_time()
     apply_model_transforms(model, recipes["minmax"])  # whole-model transforms (rotate) first
-    for step in recipes["minmax"].block_transforms:  # then SmoothQuant folds into the float model
-        smooth_model(model, calib, step)
+    for step in recipes["minmax"].block_transforms:  # then SmoothQuant folds into the float model,
+        if isinstance(step, OnlineHadamardConfig):  # and R4 rotates down_proj's weights and inputs
+            rotate_down_inputs(model, step)
+        else:
+            smooth_model(model, calib, step)
     quantize_each_linear(model, recipes["minmax"], progress=False)
     with torch.no_grad():
         observed = observe_group_inputs(model, calib, lambda: FanOut({o: make_observer(o, "int8") for o in OBSERVERS}),

@@ -18,6 +18,7 @@ from .errors import InputError
 from .formats import FormatError
 from .modules import QuantLinear
 from .modules.factory import quantized_linear
+from .modules.input_hadamard import carry_input_hadamard
 from .recipes import Recipe
 
 
@@ -95,7 +96,7 @@ def quantize_linear(module: nn.Module, recipe: Recipe, name: str, conv1d: bool, 
     qw = entry.fn(w, spec, step, stats)
     deq = qw.dequantize(torch.float32)
     err = (deq - w.float()).pow(2).mean().item()
-    q = quantized_linear(qw, getattr(module, "bias", None), recipe.activations)
+    q = carry_input_hadamard(module, quantized_linear(qw, getattr(module, "bias", None), recipe.activations))
     row = {"name": name, "shape": list(w.shape), "format": spec.label(), "weight_mse": err,
            "seconds": round(time.perf_counter() - start, 4), **qw.stats}
     return q, row

@@ -54,11 +54,13 @@ def paley(n: int) -> torch.Tensor | None:
     return None
 
 
-def hadamard(n: int) -> torch.Tensor | None:
-    """``H (n, n)`` float64, ``H Hᵀ = n I``: Sylvester, or the smallest Paley order ``m`` with
-    ``n / m`` a power of two, Kronecker with Sylvester(n / m); None when neither reaches ``n``."""
+def hadamard_factors(n: int) -> tuple[torch.Tensor, int] | None:
+    """``(A (m, m), p)`` with ``hadamard(n) = kron(A, sylvester(p))`` and ``n = m · p``: ``A`` is
+    Sylvester's ``H_1`` for a power of two, else the smallest Paley order ``m`` with ``n / m`` a power
+    of two; None when neither reaches ``n``. Applying the two factors one after the other costs
+    ``n (m + p)`` instead of ``n²`` per row (the online rotation of ``modules/input_hadamard.py``)."""
     if n >= 1 and not n & (n - 1):
-        return sylvester(n)
+        return torch.ones(1, 1, dtype=torch.float64), n
     m, power = n, 1
     candidates = []
     while m >= 2:
@@ -67,12 +69,24 @@ def hadamard(n: int) -> torch.Tensor | None:
             break
         m, power = m // 2, power * 2
     for m, power in reversed(candidates):  # smallest Paley factor first: the cheapest to build
-        H = paley(m)
-        if H is not None:
-            H = torch.kron(H, sylvester(power))
-            # Cheap insurance against a wrong construction: a non-Hadamard H would make the
-            # rotation non-orthogonal and silently change the model.
-            if not torch.equal(H @ H.T, n * torch.eye(n, dtype=torch.float64)):
-                raise AssertionError(f"Hadamard construction of order {n} is wrong")
-            return H
+        A = paley(m)
+        if A is not None:
+            return A, power
     return None
+
+
+def hadamard(n: int) -> torch.Tensor | None:
+    """``H (n, n)`` float64, ``H Hᵀ = n I``: Sylvester, or the smallest Paley order ``m`` with
+    ``n / m`` a power of two, Kronecker with Sylvester(n / m); None when neither reaches ``n``."""
+    if n >= 1 and not n & (n - 1):
+        return sylvester(n)
+    factors = hadamard_factors(n)
+    if factors is None:
+        return None
+    A, power = factors
+    H = torch.kron(A, sylvester(power))
+    # Cheap insurance against a wrong construction: a non-Hadamard H would make the
+    # rotation non-orthogonal and silently change the model.
+    if not torch.equal(H @ H.T, n * torch.eye(n, dtype=torch.float64)):
+        raise AssertionError(f"Hadamard construction of order {n} is wrong")
+    return H

@@ -100,3 +100,4 @@ def _load_builtin() -> None:
     from . import awq_step  # noqa: F401  (registers the "awq" transform)
     from . import smoothquant  # noqa: F401  (registers the "smoothquant" transform)
     from . import rotation  # noqa: F401  (registers the "rotate" whole-model transform)
+    from . import online_hadamard  # noqa: F401  (registers the "online_hadamard" transform)

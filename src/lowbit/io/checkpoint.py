@@ -25,6 +25,7 @@ from . import ct_activation_schemes, ct_fp4, export, native
 from .atomic import atomic_directory, check_writable_target
 from .files import (CONFIG_NAME, RECIPE_NAME, CheckpointError, checkpoint_dir, read_json,
                     tensor_table, weight_files)
+from ..modules.input_hadamard import input_hadamard_layers
 from .layers import lowbit_modules
 
 FORMATS = ("auto", *export.EXPORT_FORMATS)  # GPTQ, AWQ and GGUF: see lowbit.io.export
@@ -39,6 +40,12 @@ def choose_format(model: nn.Module, format: str = "auto") -> str:
         raise InputError(f"unknown checkpoint format {format!r} (choose from {', '.join(FORMATS)})")
     if not lowbit_modules(model):
         raise InputError("model has no lowbit quantized layers to save (quantize it first)")
+    rotating = input_hadamard_layers(model)
+    if rotating and fmt not in ("auto", "native"):
+        raise InputError(f"cannot save as {fmt}: {next(iter(rotating))} rotates its inputs online "
+                         f"(online_hadamard), which only lowbit's native layout records; use format='native'")
+    if rotating:
+        return "native"
     if fmt not in ("auto", "compressed-tensors", "native"):
         reason = export.why_not(fmt, model)
         if reason:

@@ -23,6 +23,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..arch import get_module, set_module
 from ..errors import InputError
+from ..modules.input_hadamard import empty_input_hadamard
 from . import compressed_tensors as ct
 from . import native
 from .layers import float_linear_dims, module_device_dtype, spec_scale_dtype
@@ -67,6 +68,7 @@ class LowbitHfQuantizer(HfQuantizer):
     def _swap_native(self, model):
         qc = self.quantization_config.to_dict()
         activations = native.layer_activations(qc)
+        rotating = qc.get("input_hadamard") or {}
         for name, spec in native.layer_specs(qc).items():
             old = _module(model, name)
             out_f, in_f, bias = float_linear_dims(old, name)
@@ -77,6 +79,8 @@ class LowbitHfQuantizer(HfQuantizer):
             # tensor (no "unexpected key"), and model-specific init code that reaches for
             # ``<layer>.weight`` (GPT-2's scaled c_proj init) finds an empty tensor to no-op on.
             q.register_buffer(native.SENTINEL, native.sentinel().to(device))
+            if name in rotating:  # its signs come with the checkpoint's tensors
+                empty_input_hadamard(q, int(rotating[name]))
             set_module(model, name, q)
 
     def _swap_compressed_tensors(self, model):

@@ -41,6 +41,7 @@ from ..errors import InputError
 from ..formats import FormatSpec
 from ..formats.activations import ActivationSpec
 from ..modules import QuantLinear
+from ..modules.input_hadamard import input_hadamard_layers
 from .layers import act_quantized_modules, group_by_format, lowbit_modules, quantized_modules
 
 LAYOUT = "native"
@@ -96,6 +97,9 @@ def quantization_config(model: nn.Module, recipe=None) -> dict:
                            "modules": {n: [layers[n].out_features, layers[n].in_features] for n in names}}
             for i, (spec, acts, names) in enumerate(groups)
         },
+        # Layers that rotate their inputs online (``modules/input_hadamard.py``): name -> width;
+        # their random signs are the tensor ``L.input_hadamard_signs``.
+        **({"input_hadamard": rotating} if (rotating := input_hadamard_layers(model)) else {}),
         "sentinel": SENTINEL,
         "lowbit_version": __version__,
     }

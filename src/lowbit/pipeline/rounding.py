@@ -17,6 +17,7 @@ from ..algorithms.registry import rounder_for
 from ..errors import LowbitError
 from ..modules import QuantLinear
 from ..modules.factory import quantized_linear
+from ..modules.input_hadamard import carry_input_hadamard
 from ..quantize import linear_weight
 from ..recipes import Recipe
 
@@ -82,5 +83,5 @@ def _finish(name, w, qw, module, spec, H, seconds, chunk, activations=None):
         row.update(proxy_err=err, proxy_err_rel=err / ref if ref > 0 else 0.0)
     if len(chunk) > 1:
         row["rounded_with"] = [n for n in chunk if n != name]
-    q = quantized_linear(qw, getattr(module, "bias", None), activations)
+    q = carry_input_hadamard(module, quantized_linear(qw, getattr(module, "bias", None), activations))
     return q, row

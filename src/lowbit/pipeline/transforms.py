@@ -96,3 +96,4 @@ def _load_builtin() -> None:
     from . import awq_block  # noqa: F401  (registers AWQConfig)
     from . import smoothquant_block  # noqa: F401  (registers SmoothQuantConfig)
     from . import rotate  # noqa: F401  (registers RotationConfig, whole-model)
+    from . import online_hadamard_block  # noqa: F401  (registers OnlineHadamardConfig)

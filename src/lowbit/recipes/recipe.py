@@ -60,6 +60,11 @@ class Recipe:
         if any(w and not prev for prev, w in zip(whole, whole[1:])):
             raise InputError(f"recipe steps {methods}: whole-model transforms (rotate) come before "
                              f"every other step")
+        # An online rotation makes the layer's input channels mixtures of the feeder's: a later
+        # per-channel transform (SmoothQuant, AWQ) would fold its scales into the wrong channels.
+        if "online_hadamard" in methods[:-2]:
+            raise InputError(f"recipe steps {methods}: online_hadamard must be the last transform "
+                             f"(right before the rounder)")
 
     @property
     def method(self) -> str:
