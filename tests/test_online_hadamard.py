@@ -145,3 +145,17 @@ def test_deepcopy_keeps_the_rotation():
     assert torch.equal(twin(x), layer(x))
     with pytest.raises(InputError, match="already rotates"):
         attach_input_hadamard(layer, random_signs(96, seed=2))
+
+
+def test_fusing_leaves_a_rotating_member_alone():
+    from lowbit.modules.fused_projections import fuse_projections
+
+    model = tiny_models.build("llama")
+    recipe = _recipe([{"method": "online_hadamard", "linears": ["self_attn.q_proj"]}, {"method": "rtn"}], dynamic=True)
+    quantize_model(model, recipe, calib=CALIB, progress=False)
+    with torch.no_grad():
+        want = model(IDS).logits
+    fused = fuse_projections(model)
+    assert fused and not any("q_proj" in n for n in fused)  # gate/up fused, q/k/v not
+    with torch.no_grad():
+        assert torch.allclose(model(IDS).logits, want, atol=1e-5)

@@ -161,6 +161,7 @@ def fuse_projections(model: nn.Module) -> list[str]:
     """Fuse every group of projections that read one norm's output, in place; returns the fused
     modules' names (``<block>.fused_<first member>``; empty if nothing fused)."""
     from ..arch.lookup import arch_for, blocks_of, get_module, set_module
+    from .input_hadamard import has_input_hadamard
 
     arch = arch_for(model)
     fused_names = []
@@ -169,7 +170,8 @@ def fuse_projections(model: nn.Module) -> list[str]:
             if group.feeder_kind == "linear" or len(group.linears) < 2:
                 continue  # only members reading one shared input fuse
             members = [get_module(block, name) for name in group.linears]
-            if any(m is None or isinstance(m, ProjectionSlice) for m in members):
+            # A member that rotates its inputs online (input_hadamard) reads another input.
+            if any(m is None or isinstance(m, ProjectionSlice) or has_input_hadamard(m) for m in members):
                 continue
             stacked = stack_members(members)
             if stacked is None:
