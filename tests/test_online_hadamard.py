@@ -159,3 +159,15 @@ def test_fusing_leaves_a_rotating_member_alone():
     assert fused and not any("q_proj" in n for n in fused)  # gate/up fused, q/k/v not
     with torch.no_grad():
         assert torch.allclose(model(IDS).logits, want, atol=1e-5)
+
+
+def test_a_linear_left_in_float_is_not_rotated(tmp_path):
+    model = tiny_models.build("llama")
+    recipe = Recipe.from_dict({**_recipe(R4_STATIC).to_dict(), "ignore": ["lm_head", "re:.*layers\\.0\\.mlp\\.down_proj"]})
+    quantize_model(model, recipe, calib=CALIB, progress=False)
+    assert list(input_hadamard_layers(model)) == ["model.layers.1.mlp.down_proj"]
+    with torch.no_grad():
+        y = model(IDS).logits
+    loaded, _ = load(save(model, None, tmp_path / "ck"))
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, y)

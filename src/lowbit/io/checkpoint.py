@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..modules.input_hadamard import input_hadamard_layers
 from . import compressed_tensors as ct
 from . import ct_activation_schemes, ct_fp4, export, native
 from .atomic import atomic_directory, check_writable_target
 from .files import (CONFIG_NAME, RECIPE_NAME, CheckpointError, checkpoint_dir, read_json,
                     tensor_table, weight_files)
-from ..modules.input_hadamard import input_hadamard_layers
 from .layers import lowbit_modules
 
 FORMATS = ("auto", *export.EXPORT_FORMATS)  # GPTQ, AWQ and GGUF: see lowbit.io.export

@@ -16,14 +16,17 @@ from .transforms import BlockContext, TransformResult, register_block_transform
 
 
 def target_paths(step: OnlineHadamardConfig, ctx: BlockContext) -> list[str]:
-    """Block-relative paths of the linears to rotate (those the run quantizes, when they match)."""
+    """Block-relative paths of the linears to rotate: those the step names (by default the block's
+    last input group) that this run quantizes. A linear left in float keeps its plain input, since
+    only quantized layers carry the rotation into a checkpoint."""
     if not step.linears:
-        return [p for p in ctx.arch.groups[-1].linears if get_module(ctx.block, p) is not None]
-    paths = [p for p in ctx.arch.linears if any(p == t or p.endswith("." + t) for t in step.linears)]
-    if not paths:
-        raise InputError(f"online_hadamard: no linear of block {ctx.index} matches {list(step.linears)} "
-                         f"(its linears: {', '.join(ctx.arch.linears)})")
-    return paths
+        named = list(ctx.arch.groups[-1].linears)
+    else:
+        named = [p for p in ctx.arch.linears if any(p == t or p.endswith("." + t) for t in step.linears)]
+        if not named:
+            raise InputError(f"online_hadamard: no linear of block {ctx.index} matches {list(step.linears)} "
+                             f"(its linears: {', '.join(ctx.arch.linears)})")
+    return [p for p in named if p in ctx.wanted and get_module(ctx.block, p) is not None]
 
 
 @register_block_transform(OnlineHadamardConfig)
