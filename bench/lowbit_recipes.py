@@ -24,11 +24,15 @@ class BenchRecipe:
     rotate: bool = False  # prepend a rotate step (R1 + R2, algorithms/rotation.py) to the preset
     rounder_from: str | None = None  # replace the preset's rounder (its last step) by this preset's
     keep_float: tuple[str, ...] = ()  # more ignore patterns: layers left in float (probes)
+    transforms: tuple[dict, ...] | None = None  # replace the preset's transform steps (recipe dicts)
 
     def pipeline_options(self) -> dict:
         return {} if self.calibration_dtype is None else {"calibration_dtype": self.calibration_dtype}
 
     def recipe(self) -> Recipe:
+        if self.transforms is not None:
+            d = load_preset(self.preset).to_dict()
+            return Recipe.from_dict({**d, "name": self.name, "steps": [*self.transforms, d["steps"][-1]]})
         if self.alpha is not None:
             d = load_preset(self.preset).to_dict()
             for step in d["steps"]:
@@ -126,6 +130,14 @@ LOWBIT_RECIPES += [
     # an online Hadamard rotation of down_proj's inputs (R4) after rotation + SmoothQuant
     *(BenchRecipe(f"w8a8-rotated-hadamard-static-{o}", "w8a8-rotated-hadamard-static", observer=o)
       for o in ("minmax", "moving_average", "percentile", "mse", "kl")),
+    # R4 before FP8 dynamic (no offline rotation, which hurts FP8's weights) and before dynamic int8
+    BenchRecipe("w8a8-fp8-hadamard", "w8a8-fp8", transforms=({"method": "online_hadamard"},)),
+    BenchRecipe("w8a8-fp8-smoothquant-lf-hadamard", "w8a8-fp8-smoothquant",
+                transforms=({"method": "smoothquant", "alpha": 0.5, "linear_feeders": True},
+                            {"method": "online_hadamard"})),
+    BenchRecipe("w8a8-smoothquant-lf-hadamard", "w8a8-smoothquant",
+                transforms=({"method": "smoothquant", "alpha": 0.5, "linear_feeders": True},
+                            {"method": "online_hadamard"})),
     # what perfect down_proj inputs would leave: the preset with every down_proj in float
     BenchRecipe("w8a8-rotated-smoothquant-static-mse-down-float", "w8a8-rotated-smoothquant-static",
                 keep_float=("mlp.down_proj",)),

@@ -19,6 +19,7 @@ import tiny_models
 from tiny_checkpoint import char_tokenizer
 from lowbit import FormatSpec, Recipe, quantize_model
 from lowbit.algorithms.gptq_step import GPTQConfig
+from lowbit.algorithms.online_hadamard import OnlineHadamardConfig
 from lowbit.formats.activations import ActivationSpec
 from lowbit.pipeline import resume as resume_mod
 from lowbit.pipeline.resume import ResumeDir, remove_resume_dir
@@ -132,6 +133,8 @@ RECIPES = {
                                activations=ActivationSpec(kind="int8", dynamic=False)),
     "fp8-gptq": Recipe(format=FormatSpec(kind="fp8", bits=8, group_size=-1), steps=(GPTQConfig(clip=None),),
                        activations=ActivationSpec(kind="fp8")),
+    # down_proj rotates its inputs online: the signs ride in the block's state, the hook comes back
+    "hadamard-w4-gptq": Recipe(format=W4, steps=(OnlineHadamardConfig(), GPTQConfig(clip=None))),
 }
 
 

@@ -36,6 +36,7 @@ from ..formats.activations import ActivationSpec
 from ..modules import QuantLinear
 from ..modules.act_linear import ActQuantLinear
 from ..modules.factory import ACT_MODULES
+from ..modules.input_hadamard import empty_input_hadamard, has_input_hadamard
 
 STATE = "state.json"
 FORMAT_VERSION = 2  # 2: W8A8 layers record their activation spec
@@ -129,6 +130,8 @@ class ResumeDir:
             else:
                 q = QuantLinear(meta["in"], meta["out"], FormatSpec.from_dict(meta["spec"]), bias,
                                 dtype=dtype, device=device)
+            if "input_hadamard" in meta:  # the signs come with the block's state dict
+                empty_input_hadamard(q, meta["input_hadamard"])
             set_module(block, meta["path"], q)
         saved = load_file(self.path / _block_file(index))
         missing, unexpected = block.load_state_dict(saved, strict=False)
@@ -180,6 +183,8 @@ def _layer_meta(path: str, q: nn.Module) -> dict:
     else:
         dtype = q.weight_scale.dtype
     meta["dtype"] = str(dtype).removeprefix("torch.")
+    if has_input_hadamard(q):
+        meta["input_hadamard"] = q.in_features
     return meta
 
 
