@@ -171,3 +171,17 @@ def test_a_linear_left_in_float_is_not_rotated(tmp_path):
     loaded, _ = load(save(model, None, tmp_path / "ck"))
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, y)
+
+
+def test_cost_benchmark_dry_run(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import hadamard_cost
+
+    assert hadamard_cost.main(["--device", "cpu", "--dry", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "hadamard_cost.json").read_text())
+    assert [r["M"] for r in doc["rows"]] == hadamard_cost.DRY_BATCHES
+    assert all(r["rotation_rel_err"] < 1e-6 for r in doc["rows"])  # float32 on the CPU
+    assert "| 96×32 |" in (tmp_path / "hadamard_cost.md").read_text()

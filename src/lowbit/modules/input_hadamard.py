@@ -40,7 +40,7 @@ def rotation_matrix(signs: torch.Tensor) -> torch.Tensor:
     if factors is None:
         raise InputError(f"no Hadamard matrix of order {n} is known here (online rotation)")
     A, p = factors
-    H = torch.kron(A, sylvester(p))
+    H = torch.kron(A, sylvester(p)).to(signs.device)
     return signs.to(torch.float64)[:, None] * H / math.sqrt(n)
 
 
@@ -63,14 +63,22 @@ def _factors(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Te
 def rotate(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """``x Q`` for the module's ``Q`` (the hook's work; exposed for tests and references)."""
     signs = getattr(module, SIGNS)
-    work = torch.promote_types(x.dtype, torch.float32)
+    # bfloat16 on a GPU: the products in bfloat16 with float32 accumulation (tensor cores; the
+    # ±1 entries are exact, the two factors' results rounded to bfloat16, ~2^-9 relative, far
+    # below the int8 rounding that follows); elsewhere in float32 at least (CPU references).
+    work = x.dtype if x.is_cuda and x.dtype == torch.bfloat16 else torch.promote_types(x.dtype, torch.float32)
     n = signs.numel()
     A, B = _factors(n, x.device, work)
     m, p = A.shape[0], B.shape[0]
-    X = (x.to(work) * signs.to(work)).reshape(*x.shape[:-1], m, p)
-    # Row vector times kron(A, B): X (m, p) -> Aᵀ X B.
+    # 1/√n with the signs in float32, then one rounding per element (a bfloat16 1/√n would scale
+    # every input by the same rounding error).
+    wide = torch.promote_types(work, torch.float32)
+    scaled = x.to(wide) * (signs.to(wide) / math.sqrt(n))
+    X = scaled.to(work).reshape(*x.shape[:-1], m, p)
+    # Row vector times kron(A, B): X (m, p) -> Aᵀ X B. (Applying A as one GEMM over a transposed
+    # copy instead of a broadcast batched matmul measured slower on an H100, bench/hadamard_cost.py.)
     Y = torch.matmul(A.T, torch.matmul(X, B))
-    return (Y.reshape(x.shape) / math.sqrt(n)).to(x.dtype)
+    return Y.reshape(x.shape).to(x.dtype)
 
 
 def attach_input_hadamard(module: nn.Module, signs: torch.Tensor) -> nn.Module:
