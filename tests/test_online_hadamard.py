@@ -183,5 +183,7 @@ def test_cost_benchmark_dry_run(tmp_path):
     assert hadamard_cost.main(["--device", "cpu", "--dry", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "hadamard_cost.json").read_text())
     assert [r["M"] for r in doc["rows"]] == hadamard_cost.DRY_BATCHES
-    assert all(r["rotation_rel_err"] < 1e-6 for r in doc["rows"])  # float32 on the CPU
+    # bfloat16 inputs rotated in float32 on the CPU, against the float64 product rounded to
+    # bfloat16: at most one bfloat16 step (2^-8 relative) apart where they round differently
+    assert all(r["rotation_rel_err"] < 2 ** -8 for r in doc["rows"])
     assert "| 96×32 |" in (tmp_path / "hadamard_cost.md").read_text()
