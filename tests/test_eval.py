@@ -201,3 +201,19 @@ def test_write_report_json_and_markdown(tmp_path, model, windows):
     assert f"| w4a16-rtn | {result.ppl:.2f} | {delta} |" in md
     assert "## Layers" in md and "| model.layers.0.mlp.down_proj | 64×128 | int4 asym g32 | 1.5e-05 |" in md
     assert "- recipe: `w4a16-rtn`" in md and "- predicted tokens: `115`" in md
+
+
+@pytest.mark.parametrize("preset", ["w8a8-int8", "w8a8-int8-static", "w8a8-fp8"])
+def test_bits_per_weight_of_weight_and_activation_layers(preset):
+    from lowbit.recipes import load_preset
+
+    model = tiny_models.build("llama")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")}
+    quantize_model(model, load_preset(preset), calib=tiny_models.input_ids(2, 16, seed=1), progress=False)
+    n_weights = sum(m.in_features * m.out_features for m in linears.values())
+    assert weight_count(model) == n_weights
+    # 8-bit codes, one float32 scale per output row, one float32 input scale per static layer
+    static = not load_preset(preset).activations.dynamic
+    expected = sum(8 * m.in_features * m.out_features + 32 * m.out_features + (32 if static else 0)
+                   for m in linears.values())
+    assert bits_per_weight(model) == pytest.approx(expected / n_weights)

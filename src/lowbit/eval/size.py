@@ -44,19 +44,28 @@ def model_size_mb(model: nn.Module) -> float:
 
 
 def quantized_linears(model: nn.Module):
-    """``(name, module)`` of every packed weight-only linear (QuantLinear and its kin)."""
+    """``(name, module)`` of every quantized linear: packed weight-only ones (QuantLinear and its
+    kin) and weight-and-activation ones (W8A8, LLM.int8, FP8: unpacked 8-bit ``weight_codes``)."""
     for name, module in model.named_modules():
-        if hasattr(module, "weight_packed") and hasattr(module, "spec"):
+        if (hasattr(module, "weight_packed") or hasattr(module, "weight_codes")) and hasattr(module, "spec"):
             yield name, module
 
 
 def storage_bits(module: nn.Module) -> int:
-    """Bits one packed linear needs: its packed codes, its scales, and its zeros at code width.
+    """Bits one quantized linear needs: its packed codes, its scales, and its zeros at code width
+    (weight-and-activation layers: their 8-bit codes, row scales and static input scale).
 
     Zeros are held as int32 in memory but stored packed at the code width in checkpoints
     (compressed-tensors packs ``weight_zero_point``), so they count ``bits`` each.
     Double-quantized scales count their int8 codes, float32 second-level scales and offset.
     """
+    if hasattr(module, "weight_codes"):  # W8A8 / FP8: 8-bit codes, a scale per row, a static input scale
+        codes = module.weight_codes
+        bits = codes.numel() * codes.element_size() * 8
+        for t in (module.weight_scale, getattr(module, "input_scale", None)):
+            if t is not None:
+                bits += t.numel() * t.element_size() * 8
+        return bits
     bits = module.weight_packed.numel() * 32
     bits += module.weight_scale.numel() * module.weight_scale.element_size() * 8
     for name in ("weight_scale_scale", "weight_scale_offset", "weight_global_scale"):
