@@ -541,6 +541,7 @@ def run(args, argv: list[str]) -> dict:
                      "of their codes, zeros and scales (the codes' size plus 8 bytes per row and "
                      "group), not counted in 'decoder linears MiB'")
     import_lowbit(notes)
+    pdl = inductor_pdl(args)  # before any compile: inductor reads the switch when it generates code
     cfg = llama_config(args.dry, args.layers)
     doc = {**versions(device), "command": command_line(argv),
            "model": {k: getattr(cfg, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
@@ -548,7 +549,7 @@ def run(args, argv: list[str]) -> dict:
            "shape": "tiny Llama (dry run)" if args.dry else "Llama-3-8B",
            "init_std": args.init_std, "seed": args.seed, "attention": "sdpa", "kv_cache": "transformers StaticCache",
            "compile": bool(args.compile), "fused_projections": bool(args.fuse),
-           "inductor_pdl": inductor_pdl(args),
+           "inductor_pdl": pdl,
            "bf16_everywhere_else": "embeddings, lm_head (but in w4a16-head), norms, attention and the KV cache stay bf16 in every variant",
            "notes": notes, "variants": [], "rows": []}
     doc["model"]["rope_theta"] = rope_theta(cfg)

@@ -48,7 +48,8 @@ def log(*a):
 def make_layers(K: int, N: int, copies: int, device, seed: int):
     """``copies`` of (bf16 weight, static W8A8Linear, the same layer rotating its inputs)."""
     from lowbit.algorithms.quantized_weight import QuantizedWeight
-    from lowbit.modules.input_hadamard import attach_input_hadamard, random_signs
+    from lowbit.algorithms.hadamard import random_signs
+    from lowbit.modules.input_hadamard import attach_input_hadamard
     from lowbit.modules.w8a8_linear import WEIGHT_SPEC, W8A8Linear
 
     g = torch.Generator(device=device).manual_seed(seed)
@@ -81,11 +82,12 @@ def timed(fns: list, device) -> float:
 
 @torch.no_grad()
 def measure(K: int, N: int, M: int, layers, device) -> dict:
-    from lowbit.modules.input_hadamard import SIGNS, rotation_matrix
+    from lowbit.algorithms.hadamard import randomized_hadamard
+    from lowbit.modules.input_hadamard import SIGNS
 
     x = torch.randn(M, K, device=device).bfloat16()
     w, plain, rotated = layers[0]
-    Q = rotation_matrix(getattr(rotated, SIGNS)).to(device)
+    Q = randomized_hadamard(getattr(rotated, SIGNS)).to(device)
     want = (x.double() @ Q).to(torch.bfloat16)  # what the hook must hand the layer
     got = []
     h = rotated.register_forward_pre_hook(lambda _m, args: got.append(args[0]))

@@ -12,14 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tiny_models
-from lowbit.algorithms.hadamard import hadamard, hadamard_factors, sylvester
+from lowbit.algorithms.hadamard import hadamard, hadamard_factors, random_signs, randomized_hadamard, sylvester
 from lowbit.algorithms.online_hadamard import OnlineHadamardConfig
 from lowbit.arch import arch_for, blocks_of
 from lowbit.errors import InputError
 from lowbit.io import load, save
 from lowbit.modules.act_linear import ActQuantLinear
-from lowbit.modules.input_hadamard import (SIGNS, attach_input_hadamard, has_input_hadamard, input_hadamard_layers,
-                                           random_signs, rotate, rotation_matrix)
+from lowbit.modules.input_hadamard import SIGNS, attach_input_hadamard, has_input_hadamard, input_hadamard_layers, rotate
 from lowbit.pipeline.online_hadamard_block import rotate_down_inputs
 from lowbit.quantize import quantize_model
 from lowbit.recipes import Recipe, load_preset
@@ -46,7 +45,7 @@ def test_factors_make_the_hadamard_matrix(n):
 @pytest.mark.parametrize("n", [96, 128, 1536])
 def test_factored_rotation_equals_the_dense_product(n):
     layer = attach_input_hadamard(torch.nn.Linear(n, 3), random_signs(n, seed=n))
-    Q = rotation_matrix(getattr(layer, SIGNS))
+    Q = randomized_hadamard(getattr(layer, SIGNS))
     assert torch.allclose(Q @ Q.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
     x = torch.randn(2, 5, n, dtype=torch.float64) * torch.logspace(-3, 3, n, dtype=torch.float64)
     want = x @ Q

@@ -10,6 +10,8 @@ for them and the caller picks another orthogonal matrix.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -90,3 +92,19 @@ def hadamard(n: int) -> torch.Tensor | None:
     if not torch.equal(H @ H.T, n * torch.eye(n, dtype=torch.float64)):
         raise AssertionError(f"Hadamard construction of order {n} is wrong")
     return H
+
+
+def random_signs(n: int, seed: int | torch.Generator) -> torch.Tensor:
+    """``s (n,)`` int8, each ±1 with equal odds, from ``seed`` (or a generator to draw from)."""
+    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (n,), generator=g, dtype=torch.int8) * 2 - 1
+
+
+def randomized_hadamard(signs: torch.Tensor) -> torch.Tensor | None:
+    """``Q = diag(s) H / √n`` (n, n) float64 on the signs' device, orthogonal; None when no
+    Hadamard matrix of order ``n`` is known."""
+    n = signs.numel()
+    H = hadamard(n)
+    if H is None:
+        return None
+    return signs.to(torch.float64)[:, None] * H.to(signs.device) / math.sqrt(n)

@@ -18,13 +18,12 @@ The pure part is here; folding and rotating a model is ``pipeline/rotate.py``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
-from .hadamard import hadamard
+from .hadamard import hadamard_factors, random_signs, randomized_hadamard
 from .registry import register_transform, step_fields
 
 
@@ -66,11 +65,9 @@ def rotation_matrix(n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
     Hadamard matrix of order ``n`` is known (kind ``"hadamard"``), else a random orthogonal matrix
     (kind ``"random"``). Deterministic in ``(n, seed)``."""
     g = torch.Generator().manual_seed(seed)
-    H = hadamard(n)
-    if H is None:
+    if hadamard_factors(n) is None:
         return random_orthogonal(n, g), "random"
-    signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64) * 2 - 1
-    return signs.unsqueeze(1) * H / math.sqrt(n), "hadamard"
+    return randomized_hadamard(random_signs(n, g)), "hadamard"
 
 
 # A whole-model transform: it needs no calibration and runs once, before any block-level step.

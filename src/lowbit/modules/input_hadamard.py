@@ -12,7 +12,9 @@ the quantized layer): a buffer ``input_hadamard_signs`` (int8 ±1, saved with th
 forward pre-hook. Pre-hooks run before any hook registered after them, so calibration hooks
 (GPTQ's Hessians, the static observers) see the rotated input, which is what the layer quantizes.
 ``H = kron(A, Sylvester(p))`` is applied as its two factors (``n (m + p)`` multiply-adds per row
-instead of ``n²``), in float32 at least, and cast back to the input's dtype.
+instead of ``n²``): in bfloat16 for bfloat16 inputs on a GPU, in float32 at least elsewhere, cast
+back to the input's dtype. ``Q`` itself (for the offline weights and for references) is
+``algorithms.hadamard.randomized_hadamard``, the signs ``random_signs``.
 """
 from __future__ import annotations
 
@@ -26,22 +28,6 @@ from ..algorithms.hadamard import hadamard_factors, sylvester
 from ..errors import InputError
 
 SIGNS = "input_hadamard_signs"
-
-
-def random_signs(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 2, (n,), generator=g, dtype=torch.int8) * 2 - 1)
-
-
-def rotation_matrix(signs: torch.Tensor) -> torch.Tensor:
-    """``Q = diag(s) H / √n`` (n, n) in float64: what the rotation multiplies rows by."""
-    n = signs.numel()
-    factors = hadamard_factors(n)
-    if factors is None:
-        raise InputError(f"no Hadamard matrix of order {n} is known here (online rotation)")
-    A, p = factors
-    H = torch.kron(A, sylvester(p)).to(signs.device)
-    return signs.to(torch.float64)[:, None] * H / math.sqrt(n)
 
 
 def has_input_hadamard(module: nn.Module) -> bool:

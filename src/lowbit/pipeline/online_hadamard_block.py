@@ -8,7 +8,8 @@ import torch
 from ..algorithms.online_hadamard import OnlineHadamardConfig
 from ..arch import get_module
 from ..errors import InputError
-from ..modules.input_hadamard import attach_input_hadamard, random_signs, rotation_matrix
+from ..algorithms.hadamard import random_signs, randomized_hadamard
+from ..modules.input_hadamard import attach_input_hadamard
 from ..quantize import linear_weight
 from .act_stats import group_input_absmax
 from .hessians import linear_in_features
@@ -39,7 +40,7 @@ def online_hadamard_block(step: OnlineHadamardConfig, ctx: BlockContext, keep_ou
         module = get_module(ctx.block, path)
         n = linear_in_features(module, False)
         signs = random_signs(n, step.seed + ctx.index)
-        Q = rotation_matrix(signs).to(module.weight.device)
+        Q = randomized_hadamard(signs).to(module.weight.device)
         W = linear_weight(module, False)
         W.copy_((W.to(torch.float64) @ Q).to(W.dtype))
         attach_input_hadamard(module, signs)

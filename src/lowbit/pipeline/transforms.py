@@ -49,39 +49,38 @@ class TransformResult:
 
 BlockTransform = Callable[[object, BlockContext, bool], TransformResult]
 BLOCK_TRANSFORMS: dict[type, BlockTransform] = {}
-
-
-def register_block_transform(config_type: type):
-    def wrap(fn: BlockTransform) -> BlockTransform:
-        BLOCK_TRANSFORMS[config_type] = fn
-        return fn
-    return wrap
-
-
-def block_transform_for(step) -> BlockTransform:
-    _load_builtin()
-    if type(step) not in BLOCK_TRANSFORMS:
-        raise ValueError(f"no block-level handler for transform step {type(step).__name__}")
-    return BLOCK_TRANSFORMS[type(step)]
-
-
 # Whole-model transforms (rotation): ``fn(step, model) -> rows``, run once before any block step.
 ModelTransform = Callable[[object, nn.Module], list]
 MODEL_TRANSFORMS: dict[type, ModelTransform] = {}
 
 
-def register_model_transform(config_type: type):
-    def wrap(fn: ModelTransform) -> ModelTransform:
-        MODEL_TRANSFORMS[config_type] = fn
-        return fn
-    return wrap
+def _registrar(table: dict):
+    """A decorator factory: ``@register(ConfigType)`` files the function under its config type."""
+    def register(config_type: type):
+        def wrap(fn):
+            table[config_type] = fn
+            return fn
+        return wrap
+    return register
+
+
+def _handler(table: dict, step, level: str):
+    _load_builtin()
+    if type(step) not in table:
+        raise ValueError(f"no {level} handler for transform step {type(step).__name__}")
+    return table[type(step)]
+
+
+register_block_transform = _registrar(BLOCK_TRANSFORMS)
+register_model_transform = _registrar(MODEL_TRANSFORMS)
+
+
+def block_transform_for(step) -> BlockTransform:
+    return _handler(BLOCK_TRANSFORMS, step, "block-level")
 
 
 def model_transform_for(step) -> ModelTransform:
-    _load_builtin()
-    if type(step) not in MODEL_TRANSFORMS:
-        raise ValueError(f"no model-level handler for transform step {type(step).__name__}")
-    return MODEL_TRANSFORMS[type(step)]
+    return _handler(MODEL_TRANSFORMS, step, "model-level")
 
 
 def apply_model_transforms(model: nn.Module, recipe: Recipe) -> list[dict]:
