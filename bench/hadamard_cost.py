@@ -7,13 +7,15 @@ the GPU: a static W8A8 int8 ``down_proj`` with and without it, beside bf16 ``F.l
 Shapes: Llama-3-8B's ``down_proj`` (in 14336 = Paley 28 ⊗ Sylvester 512, out 4096) and SmolLM2's
 (in 1536 = 12 ⊗ 128, out 576); batches M = 1, 16, 256, 4096. Each column is a CUDA graph over
 enough weight copies to stream them from memory (``kernels.graph_us``), median of 7 replays. The
-rotation runs as PyTorch ops (a sign multiply and two small matmuls in float32, then the cast):
-no fused kernel yet. Also checks the rotated layer against the dense ``x Q`` reference. Writes
+rotation runs as lowbit runs it (on a GPU the fused Triton kernel, ``kernels/triton_hadamard.py``)
+and, beside it, as the PyTorch matmuls it replaced (a sign pass and two small matmuls); the
+rotation alone is timed too. Also checks both against the dense float64 ``x Q`` reference. Writes
 ``<out>/hadamard_cost.json`` and ``.md`` and prints the table last.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -80,37 +82,63 @@ def timed(fns: list, device) -> float:
     return (time.perf_counter() - t) / len(fns) * 1e6
 
 
+@contextlib.contextmanager
+def matmul_rotation():
+    """The rotation as PyTorch matmuls (the path before the fused kernel) while inside."""
+    from lowbit.modules import input_hadamard
+
+    fused = input_hadamard._fused_kernel
+    input_hadamard._fused_kernel = lambda: None
+    try:
+        yield
+    finally:
+        input_hadamard._fused_kernel = fused
+
+
+def rotation_err(rotated, x, want) -> float:
+    got = []
+    h = rotated.register_forward_pre_hook(lambda _m, args: got.append(args[0]))
+    rotated(x)
+    h.remove()
+    return float((got[0].double() - want.double()).norm() / want.double().norm())
+
+
 @torch.no_grad()
 def measure(K: int, N: int, M: int, layers, device) -> dict:
     from lowbit.algorithms.hadamard import randomized_hadamard
-    from lowbit.modules.input_hadamard import SIGNS
+    from lowbit.modules.input_hadamard import SIGNS, rotate
 
     x = torch.randn(M, K, device=device).bfloat16()
     w, plain, rotated = layers[0]
     Q = randomized_hadamard(getattr(rotated, SIGNS)).to(device)
     want = (x.double() @ Q).to(torch.bfloat16)  # what the hook must hand the layer
-    got = []
-    h = rotated.register_forward_pre_hook(lambda _m, args: got.append(args[0]))
-    rotated(x)
-    h.remove()
-    hook_err = float((got[0].double() - want.double()).norm() / want.double().norm())
     row = {"in": K, "out": N, "M": M,
            "bf16_us": timed([lambda w=w: F.linear(x, w) for w, _, _ in layers], device),
            "w8a8_static_us": timed([lambda m=m: m(x) for _, m, _ in layers], device),
            "w8a8_static_hadamard_us": timed([lambda m=m: m(x) for _, _, m in layers], device),
-           "rotation_rel_err": hook_err}
+           "rotate_us": timed([lambda m=m: rotate(x, m) for _, _, m in layers], device),
+           "rotation_rel_err": rotation_err(rotated, x, want)}
+    with matmul_rotation():
+        row["w8a8_static_hadamard_matmul_us"] = timed([lambda m=m: m(x) for _, _, m in layers], device)
+        row["rotate_matmul_us"] = timed([lambda m=m: rotate(x, m) for _, _, m in layers], device)
+        row["rotation_matmul_rel_err"] = rotation_err(rotated, x, want)
     row["hadamard_extra_us"] = row["w8a8_static_hadamard_us"] - row["w8a8_static_us"]
+    row["hadamard_matmul_extra_us"] = row["w8a8_static_hadamard_matmul_us"] - row["w8a8_static_us"]
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| in×out | M | bf16 µs | W8A8 static µs | + online Hadamard µs | extra µs | ×bf16 without / with | rotation rel err |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| in×out | M | bf16 µs | W8A8 static µs | + Hadamard, fused kernel µs | + Hadamard, matmuls µs | "
+             "rotation alone: fused / matmuls µs | ×bf16: none / fused / matmuls | rel err fused / matmuls |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['in']}×{r['out']} | {r['M']} | {r['bf16_us']:.1f} | {r['w8a8_static_us']:.1f} | "
-                     f"{r['w8a8_static_hadamard_us']:.1f} | {r['hadamard_extra_us']:.1f} | "
-                     f"{r['bf16_us'] / r['w8a8_static_us']:.2f}× / {r['bf16_us'] / r['w8a8_static_hadamard_us']:.2f}× | "
-                     f"{r['rotation_rel_err']:.1e} |")
+        b = r["bf16_us"]
+        lines.append(f"| {r['in']}×{r['out']} | {r['M']} | {b:.1f} | {r['w8a8_static_us']:.1f} | "
+                     f"{r['w8a8_static_hadamard_us']:.1f} | {r['w8a8_static_hadamard_matmul_us']:.1f} | "
+                     f"{r['rotate_us']:.1f} / {r['rotate_matmul_us']:.1f} | "
+                     f"{b / r['w8a8_static_us']:.2f}× / {b / r['w8a8_static_hadamard_us']:.2f}× / "
+                     f"{b / r['w8a8_static_hadamard_matmul_us']:.2f}× | "
+                     f"{r['rotation_rel_err']:.1e} / {r['rotation_matmul_rel_err']:.1e} |")
     return "\n".join(lines)
 
 

@@ -105,3 +105,16 @@ def w8a8_int8_gemv_op(x: torch.Tensor, codes: torch.Tensor, weight_scale: torch.
 @w8a8_int8_gemv_op.register_fake
 def _w8a8_int8_gemv_shape(x, codes, weight_scale, input_scale, bias):
     return x.new_empty(x.shape[0], codes.shape[0])
+
+
+@torch.library.custom_op("lowbit::input_hadamard", mutates_args=())
+def input_hadamard_op(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """``x · Q`` through the fused rotation kernel (kernels/triton_hadamard.py; CUDA only)."""
+    from .triton_hadamard import rotate_rows
+
+    return rotate_rows(x, signs)
+
+
+@input_hadamard_op.register_fake
+def _input_hadamard_shape(x, signs):
+    return torch.empty_like(x)

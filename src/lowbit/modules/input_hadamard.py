@@ -12,8 +12,10 @@ the quantized layer): a buffer ``input_hadamard_signs`` (int8 ±1, saved with th
 forward pre-hook. Pre-hooks run before any hook registered after them, so calibration hooks
 (GPTQ's Hessians, the static observers) see the rotated input, which is what the layer quantizes.
 ``H = kron(A, Sylvester(p))`` is applied as its two factors (``n (m + p)`` multiply-adds per row
-instead of ``n²``): in bfloat16 for bfloat16 inputs on a GPU, in float32 at least elsewhere, cast
-back to the input's dtype. ``Q`` itself (for the offline weights and for references) is
+instead of ``n²``). On a GPU one Triton kernel does it all in registers (``kernels/triton_hadamard.py``:
+one read of the input, one write, the factors as tensor-core products) for bfloat16 and float16
+inputs; widths it does not take, and GPUs without Triton, run the same two factors as PyTorch matmuls (bfloat16 for bfloat16
+inputs), and everything else in float32 at least, cast back to the input's dtype. ``Q`` itself (for the offline weights and for references) is
 ``algorithms.hadamard.randomized_hadamard``, the signs ``random_signs``.
 """
 from __future__ import annotations
@@ -46,9 +48,33 @@ def _factors(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Te
     return A.to(device, dtype), sylvester(p).to(device, dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_kernel():
+    """``kernels.triton_hadamard`` where Triton imports, else None."""
+    try:
+        from ..kernels import triton_hadamard
+    except ImportError:
+        return None
+    return triton_hadamard
+
+
 def rotate(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """``x Q`` for the module's ``Q`` (the hook's work; exposed for tests and references)."""
     signs = getattr(module, SIGNS)
+    # The kernel's TF32 products (2^-11) are below a half-precision result's own rounding, not
+    # below float32's: float32 and float64 inputs keep the matmul path's precision.
+    fused = _fused_kernel() if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) else None
+    if fused is not None and fused.supported(signs.numel()):
+        if torch.compiler.is_compiling():  # one opaque call for the compiler (kernels/custom_op.py)
+            from ..kernels import custom_op  # noqa: F401  (registers lowbit::input_hadamard)
+
+            return torch.ops.lowbit.input_hadamard(x, signs)
+        return fused.rotate_rows(x, signs)
+    return rotate_matmuls(x, signs)
+
+
+def rotate_matmuls(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """``x Q`` as PyTorch ops: the sign pass, then the two factors as matmuls."""
     # bfloat16 on a GPU: the products in bfloat16 with float32 accumulation (tensor cores; the
     # ±1 entries are exact, the two factors' results rounded to bfloat16, ~2^-9 relative, far
     # below the int8 rounding that follows); elsewhere in float32 at least (CPU references).
