@@ -20,7 +20,10 @@ one after the other from the same bf16 weights:
 - ``w8a8``: every decoder linear a lowbit ``W8A8Linear``, int8 symmetric per-channel weights,
   int8 activations quantized per token at run time (``torch._int_mm`` plus Triton epilogues).
 Embeddings and ``lm_head`` stay bf16 in every variant (the JSON says so too), except in
-``w4a16-head`` (on request, ``--variants``): w4a16 with ``lm_head`` in int4 g128 as well.
+``w4a16-head`` (on request, ``--variants``): w4a16 with ``lm_head`` in int4 g128 as well. Also on
+request, ``w8a8-static-r4``: the arrangement of the ``w8a8-rotated-hadamard-static`` preset's
+layers — int8 weights, static per-tensor int8 inputs (min-max over one random prompt of the bf16
+model), and every ``down_proj`` rotating its inputs online (R4; its weights ``W Q``).
 
 Fairness: every variant decodes gpt-fast style through the same loop. transformers' ``StaticCache``
 holds the KV cache at fixed addresses; the prompt is prefilled eagerly; a few decode steps run
@@ -57,8 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import env_prefix  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402  (lowbit's layers even where its __init__ fails)
 
-VARIANTS = ("bf16", "w4a16", "w8a8", "w4a16-head")
-DEFAULT_VARIANTS = ("bf16", "w4a16", "w8a8")  # w4a16-head (lm_head in int4 too) on request
+VARIANTS = ("bf16", "w4a16", "w8a8", "w4a16-head", "w8a8-static-r4")
+DEFAULT_VARIANTS = ("bf16", "w4a16", "w8a8")  # w4a16-head, w8a8-static-r4 on request
+CALIBRATION_TOKENS = 256  # w8a8-static-r4's static input scales: one random prompt of this length
 BATCHES = [1, 8, 32]
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
@@ -71,7 +75,10 @@ DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 W4_GROUP = 128
 FORMATS = {"bf16": "bf16 weights", "w4a16": f"int4 asym g{W4_GROUP} RTN, bf16 activations",
            "w8a8": "int8 sym per-channel RTN weights, int8 dynamic per-token activations",
-           "w4a16-head": f"as w4a16, and lm_head int4 asym g{W4_GROUP} RTN too"}
+           "w4a16-head": f"as w4a16, and lm_head int4 asym g{W4_GROUP} RTN too",
+           "w8a8-static-r4": "int8 sym per-channel RTN weights, int8 static per-tensor activations "
+                             "(min-max over one random prompt); down_proj's inputs rotated online "
+                             "(randomized Hadamard, R4) and its weights W Q"}
 
 
 def log(*a):
@@ -134,7 +141,44 @@ def module_bytes(m: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in m.state_dict().values())
 
 
-def quantize_linear(linear: nn.Linear, variant: str) -> nn.Module:
+def rotates_input(name: str, variant: str) -> bool:
+    return variant == "w8a8-static-r4" and name.endswith("down_proj")
+
+
+def r4_signs(name: str, n: int, seed: int) -> torch.Tensor:
+    from lowbit.algorithms.hadamard import random_signs
+
+    return random_signs(n, seed + int(name.split(".layers.")[1].split(".")[0]))
+
+
+@torch.no_grad()
+def static_input_scales(model: nn.Module, cfg, variant: str, seed: int, device) -> dict[str, float]:
+    """Each decoder linear's static int8 input scale, ``max |x| / 127`` over one random prompt of
+    the bf16 model (down_proj's inputs rotated first, as its W8A8 layer will see them)."""
+    from lowbit.modules.input_hadamard import rotate_matmuls
+
+    amax: dict[str, float] = {}
+
+    def hook(name, n):
+        signs = r4_signs(name, n, seed).to(device) if rotates_input(name, variant) else None
+
+        def record(_m, args):
+            x = args[0] if signs is None else rotate_matmuls(args[0], signs)
+            amax[name] = max(amax.get(name, 0.0), float(x.abs().max()))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name, m.in_features)) for name, m in decoder_linears(model)]
+    try:
+        g = torch.Generator(device=device).manual_seed(seed)
+        model(torch.randint(0, cfg.vocab_size, (1, CALIBRATION_TOKENS), generator=g, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: max(a, 1e-8) / 127.0 for name, a in amax.items()}
+
+
+def quantize_linear(linear: nn.Linear, variant: str, name: str = "", seed: int = 0,
+                    input_scale: float | None = None) -> nn.Module:
     """The lowbit module for one bf16 linear, RTN-rounded as ``lowbit.quantize`` rounds it."""
     from lowbit.algorithms.rtn import rtn
     from lowbit.formats import FormatSpec
@@ -147,18 +191,28 @@ def quantize_linear(linear: nn.Linear, variant: str) -> nn.Module:
         return QuantLinear.from_quantized(qw, linear.bias).eval()
     if variant == "w8a8":
         return W8A8Linear.from_quantized(rtn(w, WEIGHT_SPEC), linear.bias).eval()
+    if variant == "w8a8-static-r4":
+        from lowbit.modules.input_hadamard import attach_input_hadamard, rotate_matmuls
+
+        signs = r4_signs(name, w.shape[1], seed).to(w.device) if rotates_input(name, variant) else None
+        if signs is not None:  # W Q: each row of W times Q
+            w = rotate_matmuls(w.float(), signs)
+        layer = W8A8Linear.from_quantized(rtn(w, WEIGHT_SPEC), linear.bias,
+                                          input_scale=torch.tensor([input_scale])).to(w.device).eval()
+        return layer if signs is None else attach_input_hadamard(layer, signs)
     raise ValueError(f"unknown variant {variant!r}")
 
 
 @torch.no_grad()
-def swap_in(model: nn.Module, variant: str, device: torch.device) -> dict[str, nn.Module]:
+def swap_in(model: nn.Module, variant: str, device: torch.device, cfg=None, seed: int = 0) -> dict[str, nn.Module]:
     """Replace the decoder linears by ``variant``'s modules, one at a time (so only one layer's
     quantization scratch is alive at once); returns the bf16 originals for ``restore``."""
     originals = {}
     head = [("lm_head", model.lm_head)] if variant == "w4a16-head" else []
+    scales = static_input_scales(model, cfg, variant, seed, device) if variant == "w8a8-static-r4" else {}
     for name, linear in [*decoder_linears(model), *head]:
         originals[name] = linear
-        set_module(model, name, quantize_linear(linear, variant))
+        set_module(model, name, quantize_linear(linear, variant, name, seed, scales.get(name)))
     sync(device)
     return originals
 
@@ -439,7 +493,7 @@ def bench_variant(model, cfg, variant: str, args, device, ref_logits: dict, note
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    originals = swap_in(model, variant, device) if variant != "bf16" else {}
+    originals = swap_in(model, variant, device, cfg, args.seed) if variant != "bf16" else {}
     quant_s = time.perf_counter() - t0
     linears = decoder_linears(model)
     info = {"variant": variant, "format": FORMATS[variant], "quantize_s": quant_s,
@@ -671,7 +725,8 @@ def parse_args(argv):
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     ap.add_argument("--batches", type=ints, default=None, help=f"default {','.join(map(str, BATCHES))}")
     ap.add_argument("--variants", type=lambda s: s.split(","), default=list(DEFAULT_VARIANTS),
-                    help=f"default {','.join(DEFAULT_VARIANTS)}; also w4a16-head (lm_head in int4 too)")
+                    help=f"default {','.join(DEFAULT_VARIANTS)}; also w4a16-head (lm_head in int4 too), "
+                         "w8a8-static-r4 (static int8 activations, down_proj rotated online)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 64; dry 16)")
     ap.add_argument("--steps", type=int, default=None, help="timed decode steps per series (default 64; dry 4)")
     ap.add_argument("--warmup", type=int, default=3, help="eager decode steps before capture")
