@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python3 bench/w8a8_kernels.py --out $OUT          # H100: the table
     PYTHONPATH=src python3 bench/w8a8_kernels.py --device cpu --dry  # smoke check, small shapes
-    ... --tiles $OUT/w8a8_tile_winners.json  # int8 TMA tiles from bench/w8a8_tile_sweep.py
+    ... --shapes 14336x4096 --batches 128,256,512   # other weight shapes (K×N) and batches
 
 For each weight shape K×N (4096×14336, 8192×28672) and batch M (1, 16, 64, 256, 1024, 4096):
 - ``bf16``: ``F.linear(x, W)``, the baseline;
@@ -22,6 +22,7 @@ shared/BENCHMARK.md's kernels.json, ``timing: graph``) and prints the table last
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
@@ -190,15 +191,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="small shapes and batches (smoke check)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=None)
-    ap.add_argument("--tiles", type=Path, default=None,
-                    help="w8a8_tile_winners.json from bench/w8a8_tile_sweep.py: run with those TMA tiles")
+    ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in kn.split("x")) for kn in s.split(",")],
+                    default=None, help="weight shapes as KxN,KxN (default: the issue's 4096x14336,8192x28672)")
     ap.add_argument("--no-triton", action="store_true",
                     help="PyTorch ops for activation quantization and the int8 epilogue (no Triton kernels)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu --dry for a smoke check")
-    shapes = DRY_SHAPES if a.dry else SHAPES
+    shapes = DRY_SHAPES if a.dry else (a.shapes or SHAPES)
     batches = a.batches or (DRY_BATCHES if a.dry else BATCHES)
     notes: list[str] = []
     import_lowbit(notes)
@@ -211,13 +212,9 @@ def main(argv=None) -> int:
         notes.append(f"triton kernels: {'yes' if cuda_w8a8._triton() is not None else 'no (import failed)'}")
         if cuda_w8a8._triton() is not None:
             from lowbit.kernels import triton_int8_mm
-            if a.tiles is not None and a.tiles.exists():
-                fields = set(triton_int8_mm.Tiles.__dataclass_fields__)
-                for bucket, w in json.loads(a.tiles.read_text()).items():
-                    triton_int8_mm.TMA_TILES[int(bucket)] = triton_int8_mm.Tiles(
-                        **{k: v for k, v in w.items() if k in fields})
-            notes.append("int8 TMA tiles per M bucket: " + json.dumps(
-                {b: vars(t) for b, t in sorted(triton_int8_mm.TMA_TILES.items())}))
+            notes.append("int8 TMA tiles: " + json.dumps(
+                {"wide": vars(triton_int8_mm.WIDE_TILES), "narrow": vars(triton_int8_mm.NARROW_TILES)})
+                + " (wide where they fill half the SMs, K split where even narrow ones do not)")
     for n in notes:
         log(n)
     rows = []
@@ -232,15 +229,32 @@ def main(argv=None) -> int:
         del layers
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    out_env = os.environ.get("OUT")
+    args = sys.argv[1:] if argv is None else argv
     doc = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "notes": notes, "rows": rows}
+           "torch": torch.__version__, "triton": _triton_version(),
+           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": "PYTHONPATH=src python3 bench/w8a8_kernels.py " + " ".join(
+               "$OUT" if out_env and x == out_env else x for x in args),
+           "timing": "graph" if device.type == "cuda" else "eager-cpu", "notes": notes, "rows": rows}
     if a.no_triton:
         a.out = a.out / "no-triton"
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "w8a8_kernels.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (a.out / "w8a8_kernels.md").write_text(
+        f"# W8A8 / FP8 linear layers vs bf16 F.linear\n\n{doc['date']} · {doc['device']} · torch {doc['torch']} · "
+        f"triton {doc['triton']} · `{doc['command']}` · timing: {doc['timing']}\n\n{table(rows)}\n")
     log(f"wrote {a.out / 'w8a8_kernels.json'}")
     log(table(rows))
     return 0
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
 
 
 if __name__ == "__main__":

@@ -1,22 +1,24 @@
 """Tile sweep of lowbit's fused W8A8 int8 GEMM (kernels/triton_int8_mm.py) on one GPU: which
-launch shape to put in ``TMA_TILES`` for each M bucket (issue 8).
+launch shapes to use (``WIDE_TILES``, ``NARROW_TILES`` and when to split K; issue 8).
 
     PYTHONPATH=src python3 bench/w8a8_tile_sweep.py --out $OUT
     PYTHONPATH=src python3 bench/w8a8_tile_sweep.py --shapes 4096x14336 --batches 256,1024
 
 Conditions are bench/w8a8_kernels.py's: CUDA graphs, weights rotated over enough copies that
 they stream from HBM, median of 7 replays. For each weight shape and M it times bf16
-``F.linear``, the activation-quantization pre-pass alone, and for every candidate the GEMM alone
+``F.linear``, the activation-quantization pre-pass alone, and for every candidate (TMA candidates split K across programs where ``split_k_for`` says so;
+the last candidate is the shipped tiles with K never split) the GEMM alone
 (``gemm``) and pre-pass + GEMM (``layer``, what the W8A8 layer runs). Each candidate is first
 checked against ``torch._int_mm`` (exact int32) followed by the same float32 epilogue: the
 outputs must be equal. A candidate that fails to compile or to match is reported, not timed.
 Writes ``<out>/w8a8_tile_sweep.json``, ``<out>/w8a8_tile_winners.json`` (per M bucket, the
-candidate with the best worst-case layer speedup; ``bench/w8a8_kernels.py --tiles`` runs the
-table with them) and prints, per shape and M, the candidates by layer time.
+candidate with the best worst-case layer speedup) and prints, per shape and M, the candidates by
+layer time.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
@@ -53,6 +55,8 @@ def candidates():
                 + (" tail" if t.split_tail else "") + (" pers" if t.persistent else "")
                 + (f" g{t.group_m}" if t.group_m != 8 else ""))
         out.append((name, ("tma", t)))
+    # the shipped tiles with K never split: against the line above, what split_k_for buys
+    out.append(("tma 128x256x128 s4 w8 tail nosplit", ("tma-nosplit", Tiles(128, 256, 128, 4, 8, split_tail=True))))
     return out
 
 
@@ -63,6 +67,8 @@ def gemm_fn(kind, cfg):
         out = torch.empty(q.shape[0], w.shape[0], device=q.device, dtype=torch.bfloat16)
         if kind == "ptr":
             return mm.int8_mm_ptr(q, w, xs, ws, None, out, cfg)
+        if kind == "tma-nosplit":  # K never split (the launch before split_k_for)
+            return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg, split_k=1)
         return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg)
     return run
 
@@ -73,7 +79,7 @@ def reference(q, w, xs, ws):
 
 
 def winners(rows, cands) -> dict:
-    """Per M bucket of ``TMA_TILES``, the TMA candidate whose worst layer speedup over the
+    """Per M bucket (next power of two), the TMA candidate whose worst layer speedup over the
     swept weight shapes is best (a candidate must have run on every shape at that M)."""
     from lowbit.kernels.triton_int8_mm import _m_bucket
 
@@ -188,14 +194,25 @@ def main(argv=None) -> int:
             sweep_shape(K, N, [int(v) for v in a.batches.split(",")], cands, rows, log)
         except Exception:
             log(traceback.format_exc()[-2000:])
-        (a.out / "w8a8_tile_sweep.json").write_text(json.dumps({"device": torch.cuda.get_device_name(),
-                                                                 "rows": rows}, indent=1) + "\n")
+        (a.out / "w8a8_tile_sweep.json").write_text(json.dumps(
+            {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton_version(),
+             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+             "command": "PYTHONPATH=src python3 bench/w8a8_tile_sweep.py " + " ".join(
+                 "$OUT" if os.environ.get("OUT") and x == os.environ["OUT"] else x
+                 for x in (sys.argv[1:] if argv is None else argv)),
+             "timing": "graph", "rows": rows}, indent=1) + "\n")
     log(f"sweep took {time.time() - t0:.0f} s")
     best = winners(rows, cands)
     (a.out / "w8a8_tile_winners.json").write_text(json.dumps(best, indent=1) + "\n")
     log("winners per M bucket: " + json.dumps({b: w["candidate"] for b, w in best.items()}))
     log(summary(rows, a.top))
     return 0
+
+
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
 
 
 if __name__ == "__main__":

@@ -112,3 +112,49 @@ def test_split_tail_keeps_whole_waves_of_full_width_tiles():
 @pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")
 def test_fused_int8_gemm_in_fresh_process():
     run_in_fresh_process(__file__)
+
+
+@interpreted
+@pytest.mark.parametrize("split", [2, 3])
+def test_split_k_launch_equals_the_integer_reference(split):
+    """K split across programs, int32 partials summed by the last program to arrive at each tile:
+    the same exact accumulator, so the float32 output equals the reference. Two calls in a row
+    check the arrival counters are left at zero."""
+    from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma, split_k_for
+
+    M, N, K = 37, 45, 7 * 32  # 7 K tiles: with 3 splits the last gets one tile
+    tiles = Tiles(32, 32, 32, 1, 4)
+    g = torch.Generator().manual_seed(split)
+    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(N, generator=g)
+    for _ in range(2):
+        out = torch.full((M, N), float("nan"))
+        y = int8_mm_tma(q, w, xs, ws, bias, out, tiles, split_k=split)
+        assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
+
+
+def test_split_k_choice():
+    from lowbit.kernels.triton_int8_mm import MAX_SPLIT_K, Tiles, split_k_for
+
+    t = Tiles(128, 256, 128, 4, 8, split_tail=True)
+    assert split_k_for(256, 4096, 14336, t, 132) == 4      # 32 tiles: four splits fill a wave
+    assert split_k_for(128, 4096, 14336, t, 132) == MAX_SPLIT_K
+    assert split_k_for(512, 4096, 14336, t, 132) == 2
+    assert split_k_for(1024, 4096, 14336, t, 132) == 1     # 128 tiles: a wave already
+    assert split_k_for(256, 14336, 4096, t, 132) == 1      # 112 tiles
+    assert split_k_for(128, 576, 1536, t, 132) == 1        # 12 K tiles: too few to split
+
+
+def test_tile_choice_by_tile_count():
+    """Wide tiles where they fill half the SMs; narrow ones (K split when still few) below."""
+    from lowbit.kernels import triton_int8_mm as mm
+
+    assert mm.choose_tiles(256, 14336, 132) is mm.WIDE_TILES    # 112 wide tiles
+    assert mm.choose_tiles(1024, 4096, 132) is mm.WIDE_TILES    # 128
+    assert mm.choose_tiles(128, 14336, 132) is mm.NARROW_TILES  # 56 wide: 112 narrow
+    assert mm.choose_tiles(256, 4096, 132) is mm.NARROW_TILES   # 32 wide: 64 narrow, K split in 2
+    assert mm.split_k_for(256, 4096, 14336, mm.NARROW_TILES, 132) == 2
+    assert mm.split_k_for(512, 4096, 14336, mm.NARROW_TILES, 132) == 1

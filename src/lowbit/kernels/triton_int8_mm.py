@@ -17,11 +17,14 @@ float32, ``acc · s_x · s_w (+ bias)``, in the same order, so results equal the
 Two kernels, one arithmetic:
 - ``_int8_mm_tma`` (compute capability 9.0+, K a multiple of 16): tiles arrive through the
   bulk tensor copy engine (host-side TMA descriptors), which frees the warps from address
-  arithmetic (the layer at M = 256 on 4096×14336 went from 43.7 to 36.4 µs on an H100). Tile shapes come from a
-  table per M bucket measured on an H100 (``TMA_TILES``). When the last wave of full-width tiles
+  arithmetic (the layer at M = 256 on 4096×14336 went from 43.7 to 36.4 µs on an H100). Two tile
+  shapes measured on an H100, chosen by how many tiles the product has (``tma_tiles_for``). When the last wave of full-width tiles
   would leave many SMs idle (M = 1024 on N = 14336: 448 tiles of 128×256 on 132 SMs is 3.4
   waves, run as 4), the columns past the last full wave are done in half-width tiles in the same
   launch, so the tail costs half a wave instead of a whole one.
+- ``_int8_mm_tma_splitk``: the same tiles with K split across programs when the tiles would
+  fill less than half the SMs (``split_k_for``); each split writes its int32 partial sum and the
+  last to arrive adds them (exact) and applies the epilogue, so the result is unchanged.
 - ``_int8_mm_ptr``: pointer loads, autotuned per (M bucket, N, K); older GPUs and odd K. Call
   once outside a CUDA graph capture (the benchmark's warm-up does) before capturing.
 """
@@ -39,7 +42,11 @@ try:  # host-side TMA descriptors (Triton ≥ 3.3)
 except ImportError:  # pragma: no cover - older Triton: pointer kernel only
     TensorDescriptor = None
 
+from .triton_splitk import split_counters, split_tiles
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MIN_SPLIT_TILES = 8   # K tiles per split at least (a split's pipeline needs a few to fill)
+MAX_SPLIT_K = 8
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,15 @@ class Tiles:
     persistent: bool = False
 
 
-# Per M bucket (the next power of two ≥ M), the tiles from that bucket up. Measured on an H100
-# (bench/w8a8_tile_sweep.py: CUDA graphs, weights rotated out of L2): on 4096×14336 at M = 256,
-# 1024 and 4096 these beat 128×128 and 64×256 tiles, 3 stages and Triton's warp specialization
-# (bench/results/w8a8-tile-sweep.md).
-TMA_TILES = {128: Tiles(128, 256, 128, 4, 8, split_tail=True)}
+# The launch shapes, measured on an H100 (bench/w8a8_tile_sweep.py: CUDA graphs, weights rotated
+# out of L2). Wide tiles when they fill at least half a wave: on 4096×14336 at M = 256, 1024 and
+# 4096 they beat 128×128 and 64×256 tiles, 3 stages and Triton's warp specialization
+# (bench/results/w8a8-tile-sweep.md). Fewer wide tiles than that (a long K and few columns:
+# down_proj's 14336×4096 below M ≈ 512, or M = 128 on 4096×14336) take 128×128 tiles, with K split
+# across programs when even those are few (``split_k_for``): 14336×4096 at M = 256 went from
+# 84.6 to 43.2 µs (bench/results/w8a8-tile-sweep-splitk.md).
+WIDE_TILES = Tiles(128, 256, 128, 4, 8, split_tail=True)
+NARROW_TILES = Tiles(128, 128, 128, 4, 8)
 INTERPRET_TILES = Tiles(32, 32, 32, 1, 4)
 
 
@@ -148,6 +159,51 @@ def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M
                       xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS)
 
 
+@triton.jit
+def _int8_mm_tma_splitk(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K,
+                        stride_om, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+    # Program (tile, s) sums K tiles [first, last) of its output tile into an int32 slice
+    # part[s]; the last split to arrive at the tile (its arrival counter) adds the slices in split
+    # order — int32, so the total is the one-pass accumulator exactly — and applies the epilogue,
+    # then resets the counter for the next call.
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    pid_m, pid_n = _tile_coords(pid, n_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    first, last = split_tiles(K, BLOCK_K, SPLIT_K, tl.program_id(1))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in tl.range(first, last):
+        a = q_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+        b = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    slice_size = M.to(tl.int64) * N
+    tl.store(part_ptr + tl.program_id(1) * slice_size + offs, acc, mask=mask)
+    tl.debug_barrier()  # every thread's slice is written before the counter moves
+    arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLIT_K - 1:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for s in tl.static_range(SPLIT_K):
+            acc += tl.load(part_ptr + s * slice_size + offs, mask=mask, other=0, cache_modifier=".cg")
+        _store_scaled(acc, offs_m, offs_n, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS)
+        tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed", scope="gpu")
+
+
+def split_k_for(M: int, N: int, K: int, tiles: Tiles, sms: int) -> int:
+    """K splits for a launch whose tiles fill less than half the SMs (a long K, few rows and
+    columns: ``down_proj`` at a few hundred tokens, 32 tiles of 128×256 on 132 SMs at M = 256 on
+    14336×4096): as many as fill about one wave, each at least ``MIN_SPLIT_TILES`` K tiles, at
+    most ``MAX_SPLIT_K``."""
+    n_tiles = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
+    if tiles.persistent or 2 * n_tiles > sms:
+        return 1
+    by_k = triton.cdiv(K, tiles.block_k) // MIN_SPLIT_TILES
+    return max(1, min(MAX_SPLIT_K, sms // n_tiles, by_k))
+
+
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
@@ -172,13 +228,26 @@ def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:
     return all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (q, w))
 
 
-def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None) -> torch.Tensor:
-    """TMA kernel with ``tiles``; ``sms`` (default: the device's SM count) sizes a wave."""
+def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
+                split_k: int | None = None) -> torch.Tensor:
+    """TMA kernel with ``tiles``; ``sms`` (default: the device's SM count) sizes a wave;
+    ``split_k`` (default: ``split_k_for``) splits K across programs when the tiles are few."""
     M, K = q.shape
     N = w.shape[0]
     sms = sms or _sm_count(q.device)
     q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
     w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
+    split = split_k_for(M, N, K, tiles, sms) if split_k is None else split_k
+    n_tiles = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
+    counters = split_counters(q.device, n_tiles) if split > 1 else None
+    if counters is not None:
+        part = torch.empty(split, M, N, dtype=torch.int32, device=q.device)
+        _int8_mm_tma_splitk[(n_tiles, split)](
+            q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, part, counters, M, N, K,
+            out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+            BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_K=split, num_stages=tiles.stages,
+            num_warps=tiles.warps)
+        return out
     if tiles.persistent:
         programs = min(sms, triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n))
         _int8_mm_tma_persistent[(programs,)](
@@ -197,11 +266,14 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None) -
     return out
 
 
-def tma_tiles_for(M: int) -> Tiles:
-    if INTERPRET:
-        return INTERPRET_TILES
-    bucket = _m_bucket(M)
-    return TMA_TILES[max((b for b in TMA_TILES if b <= bucket), default=min(TMA_TILES))]
+def tma_tiles_for(M: int, N: int, sms: int) -> Tiles:
+    return INTERPRET_TILES if INTERPRET else choose_tiles(M, N, sms)
+
+
+def choose_tiles(M: int, N: int, sms: int) -> Tiles:
+    """``WIDE_TILES`` when they fill at least half of the ``sms``, else ``NARROW_TILES``."""
+    wide = triton.cdiv(M, WIDE_TILES.block_m) * triton.cdiv(N, WIDE_TILES.block_n)
+    return WIDE_TILES if 2 * wide >= sms else NARROW_TILES
 
 
 # ---------------------------------------------------------------- pointer loads (pre-Hopper)
@@ -274,5 +346,6 @@ def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_sc
     ws = w_scale.reshape(-1).float().contiguous()
     out = torch.empty(M, w.shape[0], device=q.device, dtype=dtype)
     if tma_supported(q, w):
-        return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(M))
+        sms = _sm_count(q.device)
+        return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(M, w.shape[0], sms), sms)
     return int8_mm_ptr(q, w, xs, ws, bias, out)
