@@ -110,12 +110,14 @@ def test_calibration_sees_the_rotated_inputs():
     assert all(r["proxy_err_rel"] < 0.05 for r in report.layers)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_static_recipe_quantizes_saves_natively_and_reloads(tmp_path, arch):
+@pytest.mark.parametrize("arch,preset", [("llama", "w8a8-rotated-hadamard-static"),
+                                         ("qwen2", "w8a8-rotated-hadamard-static"),
+                                         ("llama", "w8a8-rotated-hadamard"), ("qwen2", "w8a8-rotated-hadamard")])
+def test_rotated_presets_quantize_save_natively_and_reload(tmp_path, arch, preset):
     model = tiny_models.build(arch)
     with torch.no_grad():
         ref = model(IDS).logits
-    report = quantize_model(model, load_preset("w8a8-rotated-hadamard-static"), calib=CALIB, progress=False)
+    report = quantize_model(model, load_preset(preset), calib=CALIB, progress=False)
     assert [r["step"] for r in report.steps if r["step"] == "online_hadamard"] == ["online_hadamard"] * 2
     with torch.no_grad():
         y = model(IDS).logits
