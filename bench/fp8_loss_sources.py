@@ -20,7 +20,6 @@ The FP model is the float32 copy bench/fp_copy.py (and bench/quality.py) saves
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from results_file import machine  # noqa: E402
+from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
 
 VARIANTS = ["token/channel", "none/channel", "token/none", "group/channel", "mant/mant", "token/mant", "mant/channel"]
 E4M3_MAX = 448.0
@@ -113,17 +113,15 @@ def main(argv=None) -> int:
                      "seconds": time.perf_counter() - t})
         print(json.dumps(rows[-1]), flush=True)
     doc = {"machine": machine(), "torch": torch.__version__,
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": ".venv/bin/python bench/fp8_loss_sources.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "date": utc_now(),
+           "command": command_line(".venv/bin/python bench/fp8_loss_sources.py", sys.argv[1:] if argv is None else argv),
            "windows": int(windows.shape[0]), "fp_ppl": fp, "rows": rows}
     lines = ["| inputs / weights | PPL | ΔPPL |", "| --- | --- | --- |", f"| FP | {fp:.2f} | — |"]
     lines += [f"| {r['variant']} | {r['ppl']:.2f} | {r['delta_ppl']:+.1%} |" for r in rows]
     table = "\n".join(lines)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "fp8-loss-sources.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (a.out / "fp8-loss-sources.md").write_text(
-        f"# FP8 W8A8 on SmolLM2: where the loss comes from\n\n{doc['date']} · {doc['machine']} · torch "
-        f"{doc['torch']} · `{doc['command']}` · first {doc['windows']} lee-512 windows\n\n{table}\n")
+    write_json_and_table(a.out, "fp8-loss-sources", doc, "FP8 W8A8 on SmolLM2: where the loss comes from",
+                         f"{doc['date']} · {doc['machine']} · torch {doc['torch']} · `{doc['command']}` · "
+                         f"first {doc['windows']} lee-512 windows", table)
     print(table)
     return 0
 

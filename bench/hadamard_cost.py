@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
-import os
 import platform
 import sys
 import time
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
+from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402
 
 SHAPES = [(14336, 4096), (1536, 576)]  # (in, out): down_proj of Llama-3-8B and of SmolLM2
@@ -37,10 +36,8 @@ DRY_SHAPES, DRY_BATCHES = [(96, 32)], [1, 5]
 STREAM_BYTES = 192 << 20
 
 
-def command_line(argv: list[str]) -> str:
-    """The command as run, with the device machine's output folder written as ``$OUT``."""
-    out = os.environ.get("OUT")
-    return "PYTHONPATH=src python3 bench/hadamard_cost.py " + " ".join("$OUT" if out and a == out else a for a in argv)
+def command(argv: list[str]) -> str:
+    return command_line("PYTHONPATH=src python3 bench/hadamard_cost.py", argv)
 
 
 def log(*a):
@@ -161,14 +158,12 @@ def main(argv=None) -> int:
             log(json.dumps(rows[-1]))
         del layers
     doc = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": command_line(sys.argv[1:] if argv is None else argv),
+           "torch": torch.__version__, "date": utc_now(),
+           "command": command(sys.argv[1:] if argv is None else argv),
            "timing": "graph" if device.type == "cuda" else "eager-cpu", "notes": notes, "rows": rows}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "hadamard_cost.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = (f"# Online Hadamard rotation of a static W8A8 layer's inputs: cost\n\n{doc['date']} · {doc['device']} · "
-          f"torch {doc['torch']} · `{doc['command']}` · timing: {doc['timing']}\n\n{table(rows)}\n")
-    (a.out / "hadamard_cost.md").write_text(md)
+    write_json_and_table(a.out, "hadamard_cost", doc, "Online Hadamard rotation of a static W8A8 layer's inputs: cost",
+                         f"{doc['date']} · {doc['device']} · torch {doc['torch']} · `{doc['command']}` · "
+                         f"timing: {doc['timing']}", table(rows))
     log(table(rows))
     return 0
 

@@ -13,10 +13,8 @@ factors. Writes ``<out>/hadamard_kernel_sweep.json`` and ``.md`` and prints the 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
+from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
 
 WIDTHS = [14336, 1536]
 BATCHES = [1, 256, 4096]
@@ -82,11 +81,9 @@ def main(argv=None) -> int:
                                      "floor_us": 2 * M * n * 2 / FLOOR_BYTES_PER_US,
                                      "shipped": bf16 and br == br0 and warps == th.num_warps(br * tile)})
                         print(json.dumps(rows[-1]), flush=True)
-    out = os.environ.get("OUT")
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "PYTHONPATH=src python3 bench/hadamard_sweep.py " + " ".join(
-               "$OUT" if out and x == out else x for x in (sys.argv[1:] if argv is None else argv)),
+           "date": utc_now(),
+           "command": command_line("PYTHONPATH=src python3 bench/hadamard_sweep.py", sys.argv[1:] if argv is None else argv),
            "timing": "graph", "rows": rows}
     lines = ["| width | M | operands | best µs (rows/program, warps) | shipped plan µs | floor µs | rel err |",
              "|---|---|---|---|---|---|---|"]
@@ -101,11 +98,9 @@ def main(argv=None) -> int:
                              f"| {n} | {M} | {ops} | {best['us']:.1f} ({best['rows_per_program']}, {best['warps']}) | — |")
                 lines[-1] += f" {best['floor_us']:.1f} | {best['rel_err']:.1e} |"
     table = "\n".join(lines)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "hadamard_kernel_sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (a.out / "hadamard_kernel_sweep.md").write_text(
-        f"# Fused online Hadamard kernel: sweep\n\n{doc['date']} · {doc['device']} · torch {doc['torch']} · "
-        f"triton {doc['triton']} · `{doc['command']}` · timing: graph\n\n{table}\n")
+    write_json_and_table(a.out, "hadamard_kernel_sweep", doc, "Fused online Hadamard kernel: sweep",
+                         f"{doc['date']} · {doc['device']} · torch {doc['torch']} · triton {doc['triton']} · "
+                         f"`{doc['command']}` · timing: graph", table)
     print(table)
     return 0
 

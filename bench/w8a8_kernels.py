@@ -22,7 +22,6 @@ shared/BENCHMARK.md's kernels.json, ``timing: graph``) and prints the table last
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
 from kernels import graph_us  # noqa: E402  (one CUDA-graph timer for every kernel benchmark)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -229,21 +229,15 @@ def main(argv=None) -> int:
         del layers
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    out_env = os.environ.get("OUT")
-    args = sys.argv[1:] if argv is None else argv
     doc = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "triton": _triton_version(),
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "PYTHONPATH=src python3 bench/w8a8_kernels.py " + " ".join(
-               "$OUT" if out_env and x == out_env else x for x in args),
+           "torch": torch.__version__, "triton": _triton_version(), "date": utc_now(),
+           "command": command_line("PYTHONPATH=src python3 bench/w8a8_kernels.py", sys.argv[1:] if argv is None else argv),
            "timing": "graph" if device.type == "cuda" else "eager-cpu", "notes": notes, "rows": rows}
     if a.no_triton:
         a.out = a.out / "no-triton"
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "w8a8_kernels.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (a.out / "w8a8_kernels.md").write_text(
-        f"# W8A8 / FP8 linear layers vs bf16 F.linear\n\n{doc['date']} · {doc['device']} · torch {doc['torch']} · "
-        f"triton {doc['triton']} · `{doc['command']}` · timing: {doc['timing']}\n\n{table(rows)}\n")
+    write_json_and_table(a.out, "w8a8_kernels", doc, "W8A8 / FP8 linear layers vs bf16 F.linear",
+                         f"{doc['date']} · {doc['device']} · torch {doc['torch']} · triton {doc['triton']} · "
+                         f"`{doc['command']}` · timing: {doc['timing']}", table(rows))
     log(f"wrote {a.out / 'w8a8_kernels.json'}")
     log(table(rows))
     return 0

@@ -18,7 +18,6 @@ layer time.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
+from run_record import command_line, utc_now  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -196,10 +196,9 @@ def main(argv=None) -> int:
             log(traceback.format_exc()[-2000:])
         (a.out / "w8a8_tile_sweep.json").write_text(json.dumps(
             {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton_version(),
-             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "command": "PYTHONPATH=src python3 bench/w8a8_tile_sweep.py " + " ".join(
-                 "$OUT" if os.environ.get("OUT") and x == os.environ["OUT"] else x
-                 for x in (sys.argv[1:] if argv is None else argv)),
+             "date": utc_now(),
+             "command": command_line("PYTHONPATH=src python3 bench/w8a8_tile_sweep.py",
+                                     sys.argv[1:] if argv is None else argv),
              "timing": "graph", "rows": rows}, indent=1) + "\n")
     log(f"sweep took {time.time() - t0:.0f} s")
     best = winners(rows, cands)

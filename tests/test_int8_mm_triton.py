@@ -120,7 +120,7 @@ def test_split_k_launch_equals_the_integer_reference(split):
     """K split across programs, int32 partials summed by the last program to arrive at each tile:
     the same exact accumulator, so the float32 output equals the reference. Two calls in a row
     check the arrival counters are left at zero."""
-    from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma, split_k_for
+    from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma
 
     M, N, K = 37, 45, 7 * 32  # 7 K tiles: with 3 splits the last gets one tile
     tiles = Tiles(32, 32, 32, 1, 4)

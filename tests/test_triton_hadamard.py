@@ -177,3 +177,13 @@ def test_hadamard_kernel_compiles_for_sm90_on_tensor_cores_without_spills():
 
     for n, r in json.loads(done.stdout.strip().splitlines()[-1]).items():
         assert r["wgmma"] >= 1 and r["local"] == 0, (n, r)
+
+
+def test_which_inputs_the_fused_kernel_rotates():
+    from lowbit.modules.input_hadamard import fused_kernel_applies
+
+    assert fused_kernel_applies("cuda", torch.bfloat16, False)
+    assert fused_kernel_applies("cuda", torch.float16, False)
+    assert not fused_kernel_applies("cuda", torch.float32, False)  # keeps float32 precision
+    assert not fused_kernel_applies("cuda", torch.bfloat16, True)  # no backward through the kernel
+    assert not fused_kernel_applies("cpu", torch.bfloat16, False)

@@ -12,10 +12,12 @@ the quantized layer): a buffer ``input_hadamard_signs`` (int8 ±1, saved with th
 forward pre-hook. Pre-hooks run before any hook registered after them, so calibration hooks
 (GPTQ's Hessians, the static observers) see the rotated input, which is what the layer quantizes.
 ``H = kron(A, Sylvester(p))`` is applied as its two factors (``n (m + p)`` multiply-adds per row
-instead of ``n²``). On a GPU one Triton kernel does it all in registers (``kernels/triton_hadamard.py``:
-one read of the input, one write, the factors as tensor-core products) for bfloat16 and float16
-inputs; widths it does not take, and GPUs without Triton, run the same two factors as PyTorch matmuls (bfloat16 for bfloat16
-inputs), and everything else in float32 at least, cast back to the input's dtype. ``Q`` itself (for the offline weights and for references) is
+instead of ``n²``). On a GPU one Triton kernel does it all in registers
+(``kernels/triton_hadamard.py``: one read of the input, one write, the factors as tensor-core
+products) for bfloat16 and float16 inputs that need no gradient; widths it does not take, GPUs
+without Triton and inputs that need a gradient run the same two factors as PyTorch matmuls
+(bfloat16 for bfloat16 inputs on a GPU), everything else in float32 at least, cast back to the
+input's dtype. ``Q`` itself (for the offline weights and for references) is
 ``algorithms.hadamard.randomized_hadamard``, the signs ``random_signs``.
 """
 from __future__ import annotations
@@ -58,12 +60,19 @@ def _fused_kernel():
     return triton_hadamard
 
 
+def fused_kernel_applies(device_type: str, dtype: torch.dtype, needs_grad: bool) -> bool:
+    """Whether the fused kernel may rotate such an input. It rounds its operands to bfloat16 /
+    TF32: fine for a half-precision result, not for float32's, so float32 and float64 inputs keep
+    the matmul path's precision. It has no backward: inputs that need a gradient (adapters trained
+    through the layer) take the matmuls."""
+    return device_type == "cuda" and dtype in (torch.bfloat16, torch.float16) and not needs_grad
+
+
 def rotate(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """``x Q`` for the module's ``Q`` (the hook's work; exposed for tests and references)."""
     signs = getattr(module, SIGNS)
-    # The kernel's TF32 products (2^-11) are below a half-precision result's own rounding, not
-    # below float32's: float32 and float64 inputs keep the matmul path's precision.
-    fused = _fused_kernel() if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) else None
+    fused = _fused_kernel() if fused_kernel_applies(x.device.type, x.dtype, x.requires_grad and torch.is_grad_enabled()) \
+        else None
     if fused is not None and fused.supported(signs.numel()):
         if torch.compiler.is_compiling():  # one opaque call for the compiler (kernels/custom_op.py)
             from ..kernels import custom_op  # noqa: F401  (registers lowbit::input_hadamard)
