@@ -16,6 +16,9 @@ Run (on the device; ``.gpu-data`` named in carry, the gguf wheel installed from 
 
     python3 bench/recipe_sweep_gpu.py run --dir .gpu-data --variants w4a16-rtn,w4a16-gptq --out $OUT
 
+``--dtype bfloat16`` evaluates each quantized model in bfloat16, as a GPU serves it (the float
+model in bfloat16 is then a row of its own).
+
 A variant is a preset with edits of its last step and pipeline switches (``variant``), e.g.
 ``w4a16-gptq+damp=1+fast``.
 """
@@ -137,7 +140,7 @@ def joined_gguf(data: Path) -> Path:
     return gguf
 
 
-def run(data: Path, names: list[str], out: Path) -> None:
+def run(data: Path, names: list[str], out: Path, dtype: str = "float32") -> None:
     import torch
 
     import lowbit
@@ -154,6 +157,16 @@ def run(data: Path, names: list[str], out: Path) -> None:
     base = {t: evaluate(fp, tokens[t], batch_size=16, progress=False) for t in texts}
     rows = [{"variant": "fp", **{f"ppl_{t}": base[t].ppl for t in texts}}]
     print("fp: " + ", ".join(f"PPL {t} {base[t].ppl:.4f}" for t in texts), flush=True)
+    eval_dtype = getattr(torch, dtype)
+    if eval_dtype != torch.float32:  # the float model in that dtype too: the baseline it is judged by
+        low = copy.deepcopy(fp).to(eval_dtype)
+        row = {"variant": f"fp@{dtype}"}
+        for t in texts:
+            r = evaluate(low, tokens[t], reference=fp, batch_size=16, progress=False)
+            row.update({f"ppl_{t}": r.ppl, f"kl_{t}": r.kl, f"top1_{t}": r.top1})
+        rows.append(row)
+        print(f"fp@{dtype}: " + ", ".join(f"PPL {t} {row[f'ppl_{t}']:.4f}" for t in texts), flush=True)
+        del low
     for name in names:
         recipe, options, behaviours = variant(name)
         model = copy.deepcopy(fp_cpu)
@@ -164,8 +177,9 @@ def run(data: Path, names: list[str], out: Path) -> None:
             else:
                 lowbit.quantize_model(model.cuda(), recipe, progress=False)
         quant_s = time.perf_counter() - start
-        model.cuda().eval()
-        row = {"variant": name, "quant_s": round(quant_s, 1), "recipe": recipe.to_dict(), "options": options}
+        model.cuda().eval().to(eval_dtype)  # quantized in float32; evaluated in --dtype (its kernels)
+        row = {"variant": name if eval_dtype == torch.float32 else f"{name}@{dtype}", "quant_s": round(quant_s, 1),
+               "recipe": recipe.to_dict(), "options": options, "dtype": dtype}
         for t in texts:
             r = evaluate(model, tokens[t], reference=fp, batch_size=16, progress=False)
             row.update({f"ppl_{t}": r.ppl, f"kl_{t}": r.kl, f"top1_{t}": r.top1})
@@ -189,11 +203,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", type=Path, default=Path(".gpu-data"))
     ap.add_argument("--variants", default="w4a16-rtn,w4a16-gptq")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="evaluate the quantized models in this dtype (bfloat16: the GPU kernels' own "
+                         "arithmetic, fused online Hadamard and int8 GEMMs included); KL against float32 FP")
     a = ap.parse_args(argv)
     if a.mode == "prepare":
         prepare(a.dir)
     else:
-        run(a.dir, a.variants.split(","), a.out)
+        run(a.dir, a.variants.split(","), a.out, a.dtype)
     return 0
 
 
