@@ -3,7 +3,8 @@ passes over memory) by one pass.
 
 - ``quantize_rows``: per-token (or static) activation quantization, int8 or E4M3: one program
   per row; a row of up to 4096 values is read once and kept in registers, a longer one is read
-  once for the absmax and once to write the codes. The arithmetic is
+  in blocks of 2048, once for the absmax and once to write the codes (the second read mostly
+  from L2). The arithmetic is
   kernels/activations.py's (IEEE divisions ``amax / 127.5`` and ``x / scale`` in float32 — Triton's
   plain ``/`` compiles to an approximate division on NVIDIA GPUs — round half to even, clamp;
   E4M3 by the saturating round-to-nearest-even conversion), so the codes equal PyTorch's.
@@ -18,6 +19,12 @@ import triton
 import triton.language as tl
 
 _TINY = torch.finfo(torch.float32).tiny
+ONE_BLOCK_MAX = 4096  # rows up to this long are read once and kept in registers
+# Longer rows (down_proj's 14336) in blocks of 2048 with 16 warps: on an H100 that measured 8.2 /
+# 25.4 / 78.9 µs at M = 256 / 1024 / 4096, against 10.6 / 29.5 / 84.9 in blocks of 4096 with 8
+# warps and 9.2 / 28.4 / 95.4 keeping the whole row in registers (bench/act_quant_sweep.py,
+# bench/results/act_quant_sweep.md; codes equal in every configuration).
+LONG_ROW_BLOCK = 2048
 
 
 @triton.jit
@@ -94,10 +101,11 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool,
     scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
     static = static_scale is not None
     ptr = static_scale.float() if static else scale
-    block = min(4096, triton.next_power_of_2(K))
+    one_block = K <= ONE_BLOCK_MAX
+    block = triton.next_power_of_2(K) if one_block else LONG_ROW_BLOCK
     _quantize_rows[(rows,)](x, q, scale, ptr, M, K, x.stride(0), q.stride(0), DIVISOR=448.0 if fp8 else 127.5,
-                         STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block,
-                         ONE_BLOCK=K <= block, num_warps=8 if block >= 2048 else 4)
+                         STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block, ONE_BLOCK=one_block,
+                         num_warps=(8 if block >= 2048 else 4) if one_block else 16)
     return q, scale
 
 
