@@ -66,8 +66,9 @@ def _slug(source: str) -> str:
 @click.option("--sym/--asym", default=None, help="Symmetric (no zero point) or asymmetric.")
 @click.option("--clip/--no-clip", default=None, help="Search a clipping ratio per group (RTN default: on).")
 @click.option("--observer", type=click.Choice(["minmax", "moving_average", "percentile", "mse", "kl"]),
-              help="Static activation recipes (w8a8-int8-static, w8a8-smoothquant-static, w8a8-fp8-static): "
-                   "how calibration inputs become each layer's input scale.")
+              help="Static activation recipes (the *-static presets: w8a8-int8-static, w8a8-smoothquant-static, "
+                   "w8a8-rotated-hadamard-static, w8a8-fp8-static, ...): how calibration inputs become each "
+                   "layer's input scale.")
 @click.option("--calib", default="builtin:pydoc", show_default=True,
               help="Calibration text for methods that need it: builtin:pydoc, a .txt/.jsonl file, hf:wikitext2, ...")
 @click.option("--n-samples", default=128, show_default=True, help="Calibration windows.")

@@ -18,10 +18,10 @@ Two kernels, one arithmetic:
 - ``_int8_mm_tma`` (compute capability 9.0+, K a multiple of 16): tiles arrive through the
   bulk tensor copy engine (host-side TMA descriptors), which frees the warps from address
   arithmetic (the layer at M = 256 on 4096×14336 went from 43.7 to 36.4 µs on an H100). Two tile
-  shapes measured on an H100, chosen by how many tiles the product has (``tma_tiles_for``). When the last wave of full-width tiles
-  would leave many SMs idle (M = 1024 on N = 14336: 448 tiles of 128×256 on 132 SMs is 3.4
-  waves, run as 4), the columns past the last full wave are done in half-width tiles in the same
-  launch, so the tail costs half a wave instead of a whole one.
+  shapes measured on an H100, chosen by how many tiles the product has (``tma_tiles_for``). When
+  the last wave of full-width tiles would leave many SMs idle (M = 1024 on N = 14336: 448 tiles
+  of 128×256 on 132 SMs is 3.4 waves, run as 4), the columns past the last full wave are done in
+  half-width tiles in the same launch, so the tail costs half a wave instead of a whole one.
 - ``_int8_mm_tma_splitk``: the same tiles with K split across programs when the tiles would
   fill less than half the SMs (``split_k_for``); each split writes its int32 partial sum and the
   last to arrive adds them (exact) and applies the epilogue, so the result is unchanged.
