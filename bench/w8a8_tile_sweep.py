@@ -57,6 +57,10 @@ def candidates():
         out.append((name, ("tma", t)))
     # the shipped tiles with K never split: against the line above, what split_k_for buys
     out.append(("tma 128x256x128 s4 w8 tail nosplit", ("tma-nosplit", Tiles(128, 256, 128, 4, 8, split_tail=True))))
+    # small batches: one warpgroup's 64-row tiles, against the _int_mm path the layer takes there
+    for t in (Tiles(64, 128, 128, 4, 4), Tiles(64, 256, 128, 4, 4), Tiles(64, 64, 128, 6, 4)):
+        out.append((f"tma {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}", ("tma", t)))
+    out.append(("_int_mm + epilogue", ("intmm", None)))
     return out
 
 
@@ -69,12 +73,20 @@ def gemm_fn(kind, cfg):
             return mm.int8_mm_ptr(q, w, xs, ws, None, out, cfg)
         if kind == "tma-nosplit":  # K never split (the launch before split_k_for)
             return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg, split_k=1)
+        if kind == "intmm":  # the layer's path below FUSED_MIN_M: cuBLASLt int8 GEMM, Triton epilogue
+            from lowbit.kernels.triton_act_quant import scale_int32
+
+            m = q.shape[0]
+            qp = q if m > 16 else F.pad(q, (0, 0, 0, 17 - m))
+            acc = torch._int_mm(qp, w.t())[:m]
+            return scale_int32(acc, xs.reshape(-1, 1), ws, None, torch.bfloat16)
         return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg)
     return run
 
 
 def reference(q, w, xs, ws):
-    acc = torch._int_mm(q, w.t())
+    m = q.shape[0]  # torch._int_mm needs more than 16 rows: zero rows padded, then dropped
+    acc = torch._int_mm(q if m > 16 else F.pad(q, (0, 0, 0, 17 - m)), w.t())[:m]
     return (acc.float() * xs[:, None] * ws[None, :]).to(torch.bfloat16)
 
 

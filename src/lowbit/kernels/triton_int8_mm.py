@@ -74,6 +74,7 @@ class Tiles:
 # 84.6 to 43.2 µs (bench/results/w8a8-tile-sweep-splitk.md).
 WIDE_TILES = Tiles(128, 256, 128, 4, 8, split_tail=True)
 NARROW_TILES = Tiles(128, 128, 128, 4, 8)
+
 INTERPRET_TILES = Tiles(32, 32, 32, 1, 4)
 
 
@@ -219,11 +220,16 @@ def main_columns(M: int, N: int, tiles: Tiles, sms: int) -> int:
     return min(N, full_waves * sms // n_m * tiles.block_n)
 
 
-def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:
-    """Hopper or newer, and rows the copy engine can address (16-byte aligned)."""
+def tma_device(device: torch.device) -> bool:
+    """Hopper or newer (the copy engine's tensor descriptors), or the interpreter."""
     if TensorDescriptor is None:
         return False
-    if not INTERPRET and (q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) < (9, 0)):
+    return INTERPRET or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:
+    """Hopper or newer, and rows the copy engine can address (16-byte aligned)."""
+    if not tma_device(q.device):
         return False
     return all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (q, w))
 
