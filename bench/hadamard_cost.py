@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,17 +26,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
-from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
+from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402
 
 SHAPES = [(14336, 4096), (1536, 576)]  # (in, out): down_proj of Llama-3-8B and of SmolLM2
 BATCHES = [1, 16, 256, 4096]
 DRY_SHAPES, DRY_BATCHES = [(96, 32)], [1, 5]
 STREAM_BYTES = 192 << 20
-
-
-def command(argv: list[str]) -> str:
-    return command_line("PYTHONPATH=src python3 bench/hadamard_cost.py", argv)
 
 
 def log(*a):
@@ -157,13 +152,10 @@ def main(argv=None) -> int:
             rows.append(measure(K, N, M, layers, device))
             log(json.dumps(rows[-1]))
         del layers
-    doc = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "date": utc_now(),
-           "command": command(sys.argv[1:] if argv is None else argv),
-           "timing": "graph" if device.type == "cuda" else "eager-cpu", "notes": notes, "rows": rows}
+    doc = device_doc("PYTHONPATH=src python3 bench/hadamard_cost.py", sys.argv[1:] if argv is None else argv,
+                     device.type, notes=notes, rows=rows)
     write_json_and_table(a.out, "hadamard_cost", doc, "Online Hadamard rotation of a static W8A8 layer's inputs: cost",
-                         f"{doc['date']} · {doc['device']} · torch {doc['torch']} · `{doc['command']}` · "
-                         f"timing: {doc['timing']}", table(rows))
+                         provenance(doc), table(rows))
     log(table(rows))
     return 0
 

@@ -23,7 +23,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
-from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
+from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
 
 WIDTHS = [14336, 1536]
 BATCHES = [1, 256, 4096]
@@ -81,10 +81,8 @@ def main(argv=None) -> int:
                                      "floor_us": 2 * M * n * 2 / FLOOR_BYTES_PER_US,
                                      "shipped": bf16 and br == br0 and warps == th.num_warps(br * tile)})
                         print(json.dumps(rows[-1]), flush=True)
-    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "date": utc_now(),
-           "command": command_line("PYTHONPATH=src python3 bench/hadamard_sweep.py", sys.argv[1:] if argv is None else argv),
-           "timing": "graph", "rows": rows}
+    doc = device_doc("PYTHONPATH=src python3 bench/hadamard_sweep.py", sys.argv[1:] if argv is None else argv,
+                     rows=rows)
     lines = ["| width | M | operands | best µs (rows/program, warps) | shipped plan µs | floor µs | rel err |",
              "|---|---|---|---|---|---|---|"]
     for n in WIDTHS:
@@ -99,8 +97,7 @@ def main(argv=None) -> int:
                 lines[-1] += f" {best['floor_us']:.1f} | {best['rel_err']:.1e} |"
     table = "\n".join(lines)
     write_json_and_table(a.out, "hadamard_kernel_sweep", doc, "Fused online Hadamard kernel: sweep",
-                         f"{doc['date']} · {doc['device']} · torch {doc['torch']} · triton {doc['triton']} · "
-                         f"`{doc['command']}` · timing: graph", table)
+                         provenance(doc), table)
     print(table)
     return 0
 

@@ -27,3 +27,30 @@ def write_json_and_table(out: Path, stem: str, doc: dict, title: str, provenance
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / f"{stem}.md").write_text(f"# {title}\n\n{provenance}\n\n{table}\n")
+
+
+def device_doc(prefix: str, argv: list[str], device: str = "cuda", **fields) -> dict:
+    """The header every device benchmark's JSON starts with: the device, torch and Triton
+    versions, the date, the command (``command_line``) and how it was timed, then ``fields``."""
+    import platform
+
+    import torch
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    on_gpu = device == "cuda"
+    return {"device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
+            "torch": torch.__version__, "triton": triton_version, "date": utc_now(),
+            "command": command_line(prefix, argv), "timing": "graph" if on_gpu else "eager-cpu", **fields}
+
+
+def provenance(doc: dict) -> str:
+    """One line for the Markdown: date · device · versions · command · timing."""
+    parts = [doc["date"], doc["device"], f"torch {doc['torch']}"]
+    if doc.get("triton"):
+        parts.append(f"triton {doc['triton']}")
+    parts += [f"`{doc['command']}`", f"timing: {doc['timing']}"]
+    return " · ".join(parts)

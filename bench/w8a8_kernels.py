@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_record import command_line, utc_now, write_json_and_table  # noqa: E402
+from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
 from kernels import graph_us  # noqa: E402  (one CUDA-graph timer for every kernel benchmark)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -229,26 +228,15 @@ def main(argv=None) -> int:
         del layers
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    doc = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "triton": _triton_version(), "date": utc_now(),
-           "command": command_line("PYTHONPATH=src python3 bench/w8a8_kernels.py", sys.argv[1:] if argv is None else argv),
-           "timing": "graph" if device.type == "cuda" else "eager-cpu", "notes": notes, "rows": rows}
+    doc = device_doc("PYTHONPATH=src python3 bench/w8a8_kernels.py", sys.argv[1:] if argv is None else argv,
+                     device.type, notes=notes, rows=rows)
     if a.no_triton:
         a.out = a.out / "no-triton"
     write_json_and_table(a.out, "w8a8_kernels", doc, "W8A8 / FP8 linear layers vs bf16 F.linear",
-                         f"{doc['date']} · {doc['device']} · torch {doc['torch']} · triton {doc['triton']} · "
-                         f"`{doc['command']}` · timing: {doc['timing']}", table(rows))
+                         provenance(doc), table(rows))
     log(f"wrote {a.out / 'w8a8_kernels.json'}")
     log(table(rows))
     return 0
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
 
 
 if __name__ == "__main__":
