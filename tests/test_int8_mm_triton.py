@@ -158,3 +158,30 @@ def test_tile_choice_by_tile_count():
     assert mm.choose_tiles(256, 4096, 132) is mm.NARROW_TILES   # 32 wide: 64 narrow, K split in 2
     assert mm.split_k_for(256, 4096, 14336, mm.NARROW_TILES, 132) == 2
     assert mm.split_k_for(512, 4096, 14336, mm.NARROW_TILES, 132) == 1
+
+
+@interpreted
+def test_custom_operator_runs_the_fused_path_and_traces_as_one_call():
+    """``lowbit::w8a8_int8_mm``: the input pass and the fused GEMM as one operator, equal to the
+    integer reference; a shape-only fake, so ``torch.compile`` traces it whole (fullgraph)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import lowbit.kernels  # noqa: F401  (registers the operators)
+    from lowbit.kernels.activations import int8_per_token
+
+    g = torch.Generator().manual_seed(11)
+    M, N, K = 37, 45, 96
+    x = torch.randn(M, K, generator=g)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(N, generator=g)
+    q, xs = int8_per_token(x)
+    want = reference(q, w, xs, ws, bias, torch.float32)
+    assert torch.equal(torch.ops.lowbit.w8a8_int8_mm(x, w, ws, None, bias), want)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.lowbit.w8a8_int8_mm(mode.from_tensor(x), mode.from_tensor(w), mode.from_tensor(ws),
+                                             None, None)
+    assert fake.shape == (M, N) and fake.dtype == x.dtype
+    compiled = torch.compile(lambda a: torch.ops.lowbit.w8a8_int8_mm(a, w, ws, None, bias) * 2,
+                             backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), want * 2)

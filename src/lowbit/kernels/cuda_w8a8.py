@@ -92,9 +92,12 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
             else mods[2].int8_gemv(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
     if mods is not None and m >= FUSED_MIN_M:
-        q, x_scale = quantize_input(x2, module.input_scale, fp8=False)
-        y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, float32_weight_scale(module), module.bias,
-                                   x.dtype)
+        args = (x2, module.weight_codes, float32_weight_scale(module), module.input_scale, module.bias)
+        if torch.compiler.is_compiling():  # one opaque call (kernels/custom_op.py says why)
+            y = torch.ops.lowbit.w8a8_int8_mm(*args)
+        else:
+            q, x_scale = quantize_input(x2, module.input_scale, fp8=False)
+            y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, args[2], module.bias, x.dtype)
         return y.reshape(*x.shape[:-1], module.out_features)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
     acc = torch._int_mm(q, module.weight_codes.t())[:m]

@@ -1,5 +1,5 @@
-"""lowbit's CUDA products as PyTorch custom operators: ``lowbit::weight_only_linear`` and
-``lowbit::w8a8_int8_gemv``.
+"""lowbit's CUDA products as PyTorch custom operators: ``lowbit::weight_only_linear``,
+``lowbit::w8a8_int8_gemv``, ``lowbit::w8a8_int8_mm`` and ``lowbit::input_hadamard``.
 
 Under ``torch.compile`` a quantized model's linears must stay one opaque call each: tracing into
 the Triton dispatch would meet its tuner (which times candidates under CUDA graphs) and its
@@ -9,7 +9,9 @@ at run time the call goes to the same dispatch as eager mode. Eager calls skip t
 (``torch.compiler.is_compiling()`` is false) and its dispatch overhead.
 
 ``lowbit::w8a8_int8_gemv`` does the same for the W8A8 int8 decode GEMV (kernels/triton_int8_gemv.py),
-whose split-K arrival counters are process-wide state a traced graph must not capture.
+whose split-K arrival counters are process-wide state a traced graph must not capture;
+``lowbit::w8a8_int8_mm`` for the W8A8 input pass and int8 GEMM from 128 rows (kernels/triton_int8_mm.py,
+whose TMA descriptors are host objects); ``lowbit::input_hadamard`` for the online rotation.
 
 The operators take the layer's buffers and format fields, not the module, so they need nothing
 but tensors and numbers. CUDA tensors go to the Triton kernels (falling back to the reference
@@ -118,3 +120,23 @@ def input_hadamard_op(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
 @input_hadamard_op.register_fake
 def _input_hadamard_shape(x, signs):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("lowbit::w8a8_int8_mm", mutates_args=())
+def w8a8_int8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torch.Tensor,
+                    input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x (M, K)`` through the fused int8 GEMM path (kernels/cuda_w8a8.py): the Triton input pass,
+    then the Triton int8 GEMM with its epilogue → ``(M, N)`` in x's dtype. Traced as one call: the
+    GEMM's host-side TMA descriptors inside a traced step pushed the code around it out of
+    inductor's kernels (docs/W8A8.md). Declares no mutated arguments: the split-K arrival counters
+    it bumps are library state every call leaves at zero."""
+    from .cuda_w8a8 import quantize_input
+    from .triton_int8_mm import int8_mm_scaled
+
+    q, x_scale = quantize_input(x, input_scale, fp8=False)
+    return int8_mm_scaled(q, codes, x_scale, weight_scale_f32, bias, x.dtype)
+
+
+@w8a8_int8_mm_op.register_fake
+def _w8a8_int8_mm_shape(x, codes, weight_scale_f32, input_scale, bias):
+    return x.new_empty(x.shape[0], codes.shape[0])
