@@ -19,7 +19,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
-from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
+from run_record import record  # noqa: E402
 
 SHAPES = [(14336, (256, 1024, 4096)), (4096, (256, 1024, 4096))]
 BLOCKS = (1024, 2048, 4096, 8192, 16384)
@@ -72,11 +72,8 @@ def main(argv=None) -> int:
                          f"{pts[1]['us']:.1f} ({pts[1]['block']}, {pts[1]['warps']}) | {ship['floor_us']:.1f} | "
                          f"{all(r['equal'] for r in pts)} |")
     table = "\n".join(lines)
-    doc = device_doc("PYTHONPATH=src python3 bench/act_quant_sweep.py", sys.argv[1:] if argv is None else argv,
-                     rows=rows)
-    write_json_and_table(a.out, "act_quant_sweep", doc, "W8A8 activation pre-pass: block and warps",
-                         provenance(doc), table)
-    print(table)
+    record(a.out, "act_quant_sweep", "W8A8 activation pre-pass: block and warps", "act_quant_sweep.py",
+           sys.argv[1:] if argv is None else argv, table, rows=rows)
     return 0
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
-from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
+from run_record import record  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402
 
 SHAPES = [(14336, 4096), (1536, 576)]  # (in, out): down_proj of Llama-3-8B and of SmolLM2
@@ -152,11 +152,8 @@ def main(argv=None) -> int:
             rows.append(measure(K, N, M, layers, device))
             log(json.dumps(rows[-1]))
         del layers
-    doc = device_doc("PYTHONPATH=src python3 bench/hadamard_cost.py", sys.argv[1:] if argv is None else argv,
-                     device.type, notes=notes, rows=rows)
-    write_json_and_table(a.out, "hadamard_cost", doc, "Online Hadamard rotation of a static W8A8 layer's inputs: cost",
-                         provenance(doc), table(rows))
-    log(table(rows))
+    record(a.out, "hadamard_cost", "Online Hadamard rotation of a static W8A8 layer's inputs: cost", "hadamard_cost.py",
+           sys.argv[1:] if argv is None else argv, table(rows), device.type, notes=notes, rows=rows)
     return 0
 
 

@@ -23,7 +23,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
-from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
+from run_record import record  # noqa: E402
 
 WIDTHS = [14336, 1536]
 BATCHES = [1, 256, 4096]
@@ -81,8 +81,6 @@ def main(argv=None) -> int:
                                      "floor_us": 2 * M * n * 2 / FLOOR_BYTES_PER_US,
                                      "shipped": bf16 and br == br0 and warps == th.num_warps(br * tile)})
                         print(json.dumps(rows[-1]), flush=True)
-    doc = device_doc("PYTHONPATH=src python3 bench/hadamard_sweep.py", sys.argv[1:] if argv is None else argv,
-                     rows=rows)
     lines = ["| width | M | operands | best µs (rows/program, warps) | shipped plan µs | floor µs | rel err |",
              "|---|---|---|---|---|---|---|"]
     for n in WIDTHS:
@@ -91,14 +89,12 @@ def main(argv=None) -> int:
                 pts = [r for r in rows if r["n"] == n and r["M"] == M and r["operands"] == ops]
                 best = min(pts, key=lambda r: r["us"])
                 shipped = next((r for r in pts if r["shipped"]), None)
+                shipped_us = f"{shipped['us']:.1f}" if shipped else "—"
                 lines.append(f"| {n} | {M} | {ops} | {best['us']:.1f} ({best['rows_per_program']}, {best['warps']}) | "
-                             f"{shipped['us']:.1f} |" if shipped else
-                             f"| {n} | {M} | {ops} | {best['us']:.1f} ({best['rows_per_program']}, {best['warps']}) | — |")
-                lines[-1] += f" {best['floor_us']:.1f} | {best['rel_err']:.1e} |"
+                             f"{shipped_us} | {best['floor_us']:.1f} | {best['rel_err']:.1e} |")
     table = "\n".join(lines)
-    write_json_and_table(a.out, "hadamard_kernel_sweep", doc, "Fused online Hadamard kernel: sweep",
-                         provenance(doc), table)
-    print(table)
+    record(a.out, "hadamard_kernel_sweep", "Fused online Hadamard kernel: sweep", "hadamard_sweep.py",
+           sys.argv[1:] if argv is None else argv, table, rows=rows)
     return 0
 
 

@@ -54,3 +54,13 @@ def provenance(doc: dict) -> str:
         parts.append(f"triton {doc['triton']}")
     parts += [f"`{doc['command']}`", f"timing: {doc['timing']}"]
     return " · ".join(parts)
+
+
+def record(out: Path, stem: str, title: str, script: str, argv: list[str], table: str,
+           device: str = "cuda", **fields) -> dict:
+    """A device benchmark's ending: its document (``device_doc`` for ``bench/<script>`` run with
+    ``argv``, then ``fields``) written beside its table, the table printed; returns the document."""
+    doc = device_doc(f"PYTHONPATH=src python3 bench/{script}", argv, device, **fields)
+    write_json_and_table(out, stem, doc, title, provenance(doc), table)
+    print(table, flush=True)
+    return doc

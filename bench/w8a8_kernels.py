@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_record import device_doc, provenance, write_json_and_table  # noqa: E402
+from run_record import record  # noqa: E402
 from kernels import graph_us  # noqa: E402  (one CUDA-graph timer for every kernel benchmark)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -228,14 +228,10 @@ def main(argv=None) -> int:
         del layers
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    doc = device_doc("PYTHONPATH=src python3 bench/w8a8_kernels.py", sys.argv[1:] if argv is None else argv,
-                     device.type, notes=notes, rows=rows)
-    if a.no_triton:
-        a.out = a.out / "no-triton"
-    write_json_and_table(a.out, "w8a8_kernels", doc, "W8A8 / FP8 linear layers vs bf16 F.linear",
-                         provenance(doc), table(rows))
-    log(f"wrote {a.out / 'w8a8_kernels.json'}")
-    log(table(rows))
+    out = a.out / "no-triton" if a.no_triton else a.out
+    log(f"writing {out / 'w8a8_kernels.json'}")
+    record(out, "w8a8_kernels", "W8A8 / FP8 linear layers vs bf16 F.linear", "w8a8_kernels.py",
+           sys.argv[1:] if argv is None else argv, table(rows), device.type, notes=notes, rows=rows)
     return 0
 
 

@@ -77,6 +77,13 @@ def float32_weight_scale(module) -> torch.Tensor:
     return cached[1]
 
 
+def fused_int8_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torch.Tensor,
+                      input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x2 (M, K)`` through the Triton input pass and the fused int8 GEMM → ``(M, N)`` in x2's dtype."""
+    q, x_scale = quantize_input(x2, input_scale, fp8=False)
+    return _triton_modules()[1].int8_mm_scaled(q, codes, x_scale, weight_scale_f32, bias, x2.dtype)
+
+
 @register_kernel("cuda", "w8a8_int8")
 def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     if not int_mm_supports(module):
@@ -93,11 +100,8 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
         return y.reshape(*x.shape[:-1], module.out_features)
     if mods is not None and m >= FUSED_MIN_M:
         args = (x2, module.weight_codes, float32_weight_scale(module), module.input_scale, module.bias)
-        if torch.compiler.is_compiling():  # one opaque call (kernels/custom_op.py says why)
-            y = torch.ops.lowbit.w8a8_int8_mm(*args)
-        else:
-            q, x_scale = quantize_input(x2, module.input_scale, fp8=False)
-            y = mods[1].int8_mm_scaled(q, module.weight_codes, x_scale, args[2], module.bias, x.dtype)
+        # Under torch.compile one opaque operator (kernels/custom_op.py says why).
+        y = torch.ops.lowbit.w8a8_int8_mm(*args) if torch.compiler.is_compiling() else fused_int8_linear(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
     acc = torch._int_mm(q, module.weight_codes.t())[:m]

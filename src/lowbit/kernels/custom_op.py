@@ -130,11 +130,9 @@ def w8a8_int8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torc
     GEMM's host-side TMA descriptors inside a traced step pushed the code around it out of
     inductor's kernels (docs/W8A8.md). Declares no mutated arguments: the split-K arrival counters
     it bumps are library state every call leaves at zero."""
-    from .cuda_w8a8 import quantize_input
-    from .triton_int8_mm import int8_mm_scaled
+    from .cuda_w8a8 import fused_int8_linear
 
-    q, x_scale = quantize_input(x, input_scale, fp8=False)
-    return int8_mm_scaled(q, codes, x_scale, weight_scale_f32, bias, x.dtype)
+    return fused_int8_linear(x, codes, weight_scale_f32, input_scale, bias)
 
 
 @w8a8_int8_mm_op.register_fake

@@ -71,12 +71,10 @@ def fused_kernel_applies(device_type: str, dtype: torch.dtype, needs_grad: bool)
 def rotate(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """``x Q`` for the module's ``Q`` (the hook's work; exposed for tests and references)."""
     signs = getattr(module, SIGNS)
-    fused = _fused_kernel() if fused_kernel_applies(x.device.type, x.dtype, x.requires_grad and torch.is_grad_enabled()) \
-        else None
+    needs_grad = x.requires_grad and torch.is_grad_enabled()
+    fused = _fused_kernel() if fused_kernel_applies(x.device.type, x.dtype, needs_grad) else None
     if fused is not None and fused.supported(signs.numel()):
         if torch.compiler.is_compiling():  # one opaque call for the compiler (kernels/custom_op.py)
-            from ..kernels import custom_op  # noqa: F401  (registers lowbit::input_hadamard)
-
             return torch.ops.lowbit.input_hadamard(x, signs)
         return fused.rotate_rows(x, signs)
     return rotate_matmuls(x, signs)
