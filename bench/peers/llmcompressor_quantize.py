@@ -122,8 +122,27 @@ def smoothquant_gptq_w8a8_modifiers(r: PeerRecipe) -> list:
             GPTQModifier(config_groups=w8a8_scheme(r), ignore=["lm_head"])]
 
 
-# Weight + activation quantization (issue 8), beside lowbit's w8a8-int8 and w8a8-smoothquant.
+def fp8_dynamic_scheme(r: PeerRecipe) -> dict:
+    """compressed-tensors' FP8_DYNAMIC preset: E4M3 weights per channel, E4M3 inputs per token at
+    run time, the scheme vLLM's FP8 checkpoints use."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    weights = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel", dynamic=False)
+    inputs = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True)
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=inputs)}
+
+
+def fp8_dynamic_modifiers(r: PeerRecipe) -> list:
+    # Min-max E4M3 weights, inputs scaled per token at run time: no data needed.
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    return [QuantizationModifier(config_groups=fp8_dynamic_scheme(r), ignore=["lm_head"])]
+
+
+# Weight + activation quantization (issue 8), beside lowbit's w8a8-int8, w8a8-smoothquant and
+# w8a8-fp8.
 PEER_RECIPES += [
+    PeerRecipe("w8a8-fp8-dynamic", "rtn", 8, -1, True, fp8_dynamic_modifiers, acts="fp8"),
     PeerRecipe("w8a8-int8", "rtn", 8, -1, True, w8a8_modifiers, acts="a8-dynamic"),
     PeerRecipe("w8a8-smoothquant-gptq", "smoothquant+gptq", 8, -1, True, smoothquant_gptq_w8a8_modifiers,
                acts="a8-dynamic", needs_calibration=True),
