@@ -18,7 +18,7 @@ one after the other from the same bf16 weights:
 - ``w4a16``: every decoder linear (q/k/v/o, gate/up/down) a lowbit ``QuantLinear``, int4
   asymmetric, group 128, round-to-nearest; Triton kernels tuned per shape and batch bucket;
 - ``w8a8``: every decoder linear a lowbit ``W8A8Linear``, int8 symmetric per-channel weights,
-  int8 activations quantized per token at run time (``torch._int_mm`` plus Triton epilogues).
+  int8 activations quantized per token at run time (lowbit's Triton GEMV and GEMMs).
 Embeddings and ``lm_head`` stay bf16 in every variant (the JSON says so too), except in
 ``w4a16-head`` (on request, ``--variants``): w4a16 with ``lm_head`` in int4 g128 as well. Also on
 request, ``w8a8-static-r4``: the arrangement of the ``w8a8-rotated-hadamard-static`` preset's

@@ -6,8 +6,9 @@
 
 For each weight shape K×N (4096×14336, 8192×28672) and batch M (1, 16, 64, 256, 1024, 4096):
 - ``bf16``: ``F.linear(x, W)``, the baseline;
-- ``w8a8``: lowbit's ``W8A8Linear`` forward (per-token int8 quantization of x, ``torch._int_mm``,
-  both scales applied after), what a model runs;
+- ``w8a8``: lowbit's ``W8A8Linear`` forward, what a model runs: per-token int8 quantization of x
+  and the int8 product with both scales applied (the one-launch GEMV at M <= 2, lowbit's Triton
+  GEMM above on Hopper; kernels/cuda_w8a8.py);
 - ``fp8``: lowbit's ``FP8Linear`` forward (per-token E4M3 quantization of x, ``torch._scaled_mm``
   with row-wise scales);
 - ``int_mm`` / ``scaled_mm``: the bare GEMM on already quantized inputs (the rest of the layer's

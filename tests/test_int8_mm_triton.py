@@ -28,6 +28,16 @@ def reference(q, w, xs, ws, bias, dtype):
     return y.to(dtype)
 
 
+def operands(M, N, K, seed, with_bias=True):
+    """Random int8 codes of inputs and weights, their float32 scales, a bias (or None)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    return q, w, xs, ws, (torch.randn(N, generator=g) if with_bias else None)
+
+
 @interpreted
 @pytest.mark.parametrize("M,N,K,with_bias,dtype", [
     (37, 45, 70, True, torch.float32),     # every dimension crosses a tile edge
@@ -55,25 +65,32 @@ def test_fused_int8_gemm_equals_the_integer_reference(M, N, K, with_bias, dtype)
 
 
 @interpreted
+def test_weight_scales_are_read_in_their_stored_dtype():
+    """bfloat16 weight scales (a bf16 model's) are widened in the epilogue, exactly: the result
+    equals the reference on the same scales in float32, with no conversion before the call."""
+    from lowbit.kernels.triton_int8_mm import int8_mm_scaled
+
+    q, w, xs, ws, bias = operands(37, 45, 96, 5)
+    ws16 = ws.bfloat16()
+    y = int8_mm_scaled(q, w, xs, ws16, bias, torch.float32)
+    assert torch.equal(y, reference(q, w, xs, ws16.float(), bias, torch.float32))
+
+
+@interpreted
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_split_tail_launch_equals_the_integer_reference(with_bias):
     """Full-width tiles for the columns of the full waves, half-width tiles for the rest, in one
-    launch: every output element is written once and equals the reference. A 3-SM "device" makes
-    the 2×5 tiles of 32×32 (3 full waves and one tile) split into 4 full-width columns of tiles
-    and a half-width tail."""
+    launch: every output element is written once and equals the reference. A 4-SM "device" makes
+    the 2×5 tiles of 32×32 (2 full waves and two tiles) split into 4 full-width columns of tiles
+    and a half-width tail (4 tiles: one wave)."""
     from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma, main_columns
 
     M, N, K = 37, 160, 80
     tiles = Tiles(32, 32, 32, 1, 4, split_tail=True)
-    assert main_columns(M, N, tiles, sms=3) == 128
-    g = torch.Generator().manual_seed(7)
-    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
-    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
-    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
-    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
-    bias = torch.randn(N, generator=g) if with_bias else None
+    assert main_columns(M, N, tiles, sms=4) == 128
+    q, w, xs, ws, bias = operands(M, N, K, 7, with_bias)
     out = torch.full((M, N), float("nan"))  # poisoned: an unwritten element fails the comparison
-    y = int8_mm_tma(q, w, xs, ws, bias, out, tiles, sms=3)
+    y = int8_mm_tma(q, w, xs, ws, bias, out, tiles, sms=4)
     assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
 
 
@@ -85,12 +102,7 @@ def test_persistent_launch_equals_the_integer_reference(programs):
     from lowbit.kernels.triton_int8_mm import Tiles, int8_mm_tma
 
     M, N, K = 37, 160, 80
-    g = torch.Generator().manual_seed(11)
-    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
-    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
-    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
-    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
-    bias = torch.randn(N, generator=g)
+    q, w, xs, ws, bias = operands(M, N, K, 11)
     out = torch.full((M, N), float("nan"))
     y = int8_mm_tma(q, w, xs, ws, bias, out, Tiles(32, 32, 32, 1, 4, group_m=2, persistent=True), sms=programs)
     assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
@@ -99,7 +111,8 @@ def test_persistent_launch_equals_the_integer_reference(programs):
 def test_split_tail_keeps_whole_waves_of_full_width_tiles():
     """M = 1024 on N = 14336 with 128×256 tiles is 448 tiles, 3.4 waves of 132 SMs: the 49 whole
     columns of tiles in the 3 full waves stay full width, the last 7 (1792 columns) go half
-    width. Without the flag, or when the tiles fill whole waves, nothing is split."""
+    width. Without the flag, when the tiles fill whole waves, or when the half-width tail would
+    not fit in one wave, nothing is split."""
     from lowbit.kernels.triton_int8_mm import Tiles, main_columns
 
     split = Tiles(128, 256, 128, 4, 8, split_tail=True)
@@ -107,6 +120,10 @@ def test_split_tail_keeps_whole_waves_of_full_width_tiles():
     assert main_columns(1024, 14336, Tiles(128, 256, 128, 4, 8), sms=132) == 14336
     assert main_columns(1056, 256 * 12, split, sms=132) == 256 * 12  # 108 tiles: under one wave, no gain
     assert main_columns(128 * 11, 256 * 12, split, sms=132) == 256 * 12  # 132 tiles: one whole wave
+    # 14336×4096 at M = 4096: 512 tiles, the 4 columns past 3 waves would be 256 half-width tiles
+    assert main_columns(4096, 4096, split, sms=132) == 4096
+    # 8192×28672 at M = 4096: 3584 tiles, one column past 27 waves: 64 half-width tiles
+    assert main_columns(4096, 28672, split, sms=132) == 111 * 256
 
 
 @pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")
@@ -124,34 +141,20 @@ def test_split_k_launch_equals_the_integer_reference(split):
 
     M, N, K = 37, 45, 7 * 32  # 7 K tiles: with 3 splits the last gets one tile
     tiles = Tiles(32, 32, 32, 1, 4)
-    g = torch.Generator().manual_seed(split)
-    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
-    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
-    xs = torch.rand(M, generator=g) * 0.02 + 1e-3
-    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
-    bias = torch.randn(N, generator=g)
+    q, w, xs, ws, bias = operands(M, N, K, split)
     for _ in range(2):
         out = torch.full((M, N), float("nan"))
         y = int8_mm_tma(q, w, xs, ws, bias, out, tiles, split_k=split)
         assert torch.equal(y, reference(q, w, xs, ws, bias, torch.float32))
 
 
-def test_split_k_choice():
-    from lowbit.kernels.triton_int8_mm import MAX_SPLIT_K, Tiles, split_k_for
-
-    t = Tiles(128, 256, 128, 4, 8, split_tail=True)
-    assert split_k_for(256, 4096, 14336, t, 132) == 4      # 32 tiles: four splits fill a wave
-    assert split_k_for(128, 4096, 14336, t, 132) == MAX_SPLIT_K
-    assert split_k_for(512, 4096, 14336, t, 132) == 2
-    assert split_k_for(1024, 4096, 14336, t, 132) == 1     # 128 tiles: a wave already
-    assert split_k_for(256, 14336, 4096, t, 132) == 1      # 112 tiles
-    assert split_k_for(128, 576, 1536, t, 132) == 1        # 12 K tiles: too few to split
-
-
 def test_tile_choice_by_tile_count():
     """Wide tiles where they fill half the SMs; narrow ones (K split when still few) below."""
     from lowbit.kernels import triton_int8_mm as mm
 
+    assert mm.choose_tiles(3, 14336, 132) is mm.SMALL_TILES     # above the decode GEMV
+    assert mm.choose_tiles(96, 4096, 132) is mm.SMALL_TILES
+    assert mm.choose_tiles(97, 14336, 132) is mm.NARROW_TILES
     assert mm.choose_tiles(256, 14336, 132) is mm.WIDE_TILES    # 112 wide tiles
     assert mm.choose_tiles(1024, 4096, 132) is mm.WIDE_TILES    # 128
     assert mm.choose_tiles(128, 14336, 132) is mm.NARROW_TILES  # 56 wide: 112 narrow
@@ -185,3 +188,26 @@ def test_custom_operator_runs_the_fused_path_and_traces_as_one_call():
     compiled = torch.compile(lambda a: torch.ops.lowbit.w8a8_int8_mm(a, w, ws, None, bias) * 2,
                              backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x), want * 2)
+
+
+@interpreted
+def test_layer_dispatch_traces_without_graph_breaks():
+    """The W8A8 layer's CUDA kernel under torch.compile: from 128 rows (and above the decode
+    GEMV on Hopper) its product is one ``lowbit::w8a8_int8_mm`` call, and nothing around it breaks
+    the graph (a float32 copy of the scales cached on the module once did, with a data-pointer
+    check per layer). The kernel function is traced directly on CPU tensors, which the operator
+    runs through the interpreter."""
+    from lowbit.kernels.cuda_w8a8 import w8a8_int8_cuda
+    from lowbit.modules.w8a8_linear import W8A8Linear
+
+    q, w, xs, ws, bias = operands(128, 48, 64, 3)
+    layer = W8A8Linear(64, 48, bias=True).requires_grad_(False)
+    layer.weight_codes.copy_(w)
+    layer.weight_scale.copy_(ws.reshape(-1, 1))
+    layer.bias.copy_(bias)
+    x = torch.randn(128, 64)
+    explained = torch._dynamo.explain(w8a8_int8_cuda)(x, layer)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    ops = [str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert any("w8a8_int8_mm" in o for o in ops), ops
+

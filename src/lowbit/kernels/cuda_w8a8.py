@@ -1,9 +1,10 @@
 """CUDA kernels of the W8A8 linears through PyTorch's built-in low-precision GEMMs.
 
 - int8: at batch 1-2 one Triton GEMV quantizes, multiplies (``dp4a``) and scales in a single
-  launch (kernels/triton_int8_gemv.py); from 128 tokens lowbit's Triton GEMM
-  (kernels/triton_int8_mm.py); in between ``torch._int_mm`` (cuBLASLt, int32 accumulation), which
-  needs ``M > 16`` (the batch is padded with zero rows). ``K``, ``N`` must be multiples of 8;
+  launch (kernels/triton_int8_gemv.py); above that lowbit's Triton GEMM
+  (kernels/triton_int8_mm.py) on Hopper, and from 128 tokens on older GPUs, where smaller
+  batches take ``torch._int_mm`` (cuBLASLt, int32 accumulation), which needs ``M > 16`` (the
+  batch is padded with zero rows). ``K``, ``N`` must be multiples of 8;
   other shapes take the reference kernel (an exact float64 product: slow, correct).
 - FP8: ``torch._scaled_mm`` with row-wise scales (one per token, one per output row) applies
   both scales inside the GEMM; it needs compute capability 8.9+ (Ada, Hopper) and ``K``, ``N``
@@ -17,6 +18,8 @@ run under CUDA graphs.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -26,9 +29,12 @@ from .reference_w8a8 import fp8_linear, scale_output, w8a8_int8_linear
 
 INT_MM_MIN_M = 17
 # From this many tokens the fused Triton GEMM (kernels/triton_int8_mm.py) replaces torch._int_mm
-# and its separate epilogue; below it the GEMM is bound by reading the weights, where _int_mm
-# with M padded to 17 already runs at 1.2-1.6x bf16 (bench/results/w8a8-kernels.md).
+# and its separate epilogue. On GPUs with TMA (Hopper) that is every batch above the decode
+# GEMV's (its 64-row tiles; LOWBIT_W8A8_TMA_MIN_ROWS overrides, for side-by-side benchmarks);
+# elsewhere the pointer-load GEMM takes over from 128 rows, below which _int_mm with M padded to
+# 17 runs at 1.2-1.6x bf16 (bench/results/w8a8-kernels.md).
 FUSED_MIN_M = 128
+TMA_MIN_M = int(os.environ.get("LOWBIT_W8A8_TMA_MIN_ROWS", "3"))
 _TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first use
 
 
@@ -64,24 +70,12 @@ def int_mm_supports(module) -> bool:
     return module.in_features % 8 == 0 and module.out_features % 8 == 0
 
 
-def float32_weight_scale(module) -> torch.Tensor:
-    """``module.weight_scale`` as the float32 vector the fused GEMM reads, converted once and kept
-    until the buffer changes (its version counter or storage): converting per call is one more
-    kernel launch per layer, a few µs against the 40 µs GEMM of a 4096×14336 layer at M = 256."""
-    w = module.weight_scale
-    key = (w.data_ptr(), w._version, w.dtype)
-    cached = getattr(module, "_weight_scale_f32", None)
-    if cached is None or cached[0] != key:
-        cached = (key, w.detach().reshape(-1).float().contiguous())
-        module._weight_scale_f32 = cached
-    return cached[1]
-
-
-def fused_int8_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torch.Tensor,
+def fused_int8_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
                       input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x2 (M, K)`` through the Triton input pass and the fused int8 GEMM → ``(M, N)`` in x2's dtype."""
+    """``x2 (M, K)`` through the Triton input pass and the fused int8 GEMM → ``(M, N)`` in x2's
+    dtype. The GEMM reads ``weight_scale`` in its stored dtype and widens it in the epilogue."""
     q, x_scale = quantize_input(x2, input_scale, fp8=False)
-    return _triton_modules()[1].int8_mm_scaled(q, codes, x_scale, weight_scale_f32, bias, x2.dtype)
+    return _triton_modules()[1].int8_mm_scaled(q, codes, x_scale, weight_scale, bias, x2.dtype)
 
 
 @register_kernel("cuda", "w8a8_int8")
@@ -98,8 +92,8 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
         y = torch.ops.lowbit.w8a8_int8_gemv(*args) if torch.compiler.is_compiling() \
             else mods[2].int8_gemv(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
-    if mods is not None and m >= FUSED_MIN_M:
-        args = (x2, module.weight_codes, float32_weight_scale(module), module.input_scale, module.bias)
+    if mods is not None and m >= (TMA_MIN_M if mods[1].tma_device(x.device) else FUSED_MIN_M):
+        args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
         # Under torch.compile one opaque operator (kernels/custom_op.py says why).
         y = torch.ops.lowbit.w8a8_int8_mm(*args) if torch.compiler.is_compiling() else fused_int8_linear(*args)
         return y.reshape(*x.shape[:-1], module.out_features)

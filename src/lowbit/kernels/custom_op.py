@@ -10,7 +10,7 @@ at run time the call goes to the same dispatch as eager mode. Eager calls skip t
 
 ``lowbit::w8a8_int8_gemv`` does the same for the W8A8 int8 decode GEMV (kernels/triton_int8_gemv.py),
 whose split-K arrival counters are process-wide state a traced graph must not capture;
-``lowbit::w8a8_int8_mm`` for the W8A8 input pass and int8 GEMM from 128 rows (kernels/triton_int8_mm.py,
+``lowbit::w8a8_int8_mm`` for the W8A8 input pass and int8 GEMM above the GEMV (kernels/triton_int8_mm.py,
 whose TMA descriptors are host objects); ``lowbit::input_hadamard`` for the online rotation.
 
 The operators take the layer's buffers and format fields, not the module, so they need nothing
@@ -123,7 +123,7 @@ def _input_hadamard_shape(x, signs):
 
 
 @torch.library.custom_op("lowbit::w8a8_int8_mm", mutates_args=())
-def w8a8_int8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torch.Tensor,
+def w8a8_int8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
                     input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     """``x (M, K)`` through the fused int8 GEMM path (kernels/cuda_w8a8.py): the Triton input pass,
     then the Triton int8 GEMM with its epilogue → ``(M, N)`` in x's dtype. Traced as one call: the
@@ -132,9 +132,9 @@ def w8a8_int8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale_f32: torc
     it bumps are library state every call leaves at zero."""
     from .cuda_w8a8 import fused_int8_linear
 
-    return fused_int8_linear(x, codes, weight_scale_f32, input_scale, bias)
+    return fused_int8_linear(x, codes, weight_scale, input_scale, bias)
 
 
 @w8a8_int8_mm_op.register_fake
-def _w8a8_int8_mm_shape(x, codes, weight_scale_f32, input_scale, bias):
+def _w8a8_int8_mm_shape(x, codes, weight_scale, input_scale, bias):
     return x.new_empty(x.shape[0], codes.shape[0])

@@ -10,7 +10,8 @@ epilogue removes the int32 round trip.
 
 Operands: ``q (M, K)`` int8 codes of the activations, ``w (N, K)`` int8 weight codes as the
 module stores them (row-major, so the kernel reads ``wᵀ`` with K contiguous, the K-major
-layout 8-bit MMAs want). ``x_scale (M,)``, ``w_scale (N,)`` float32. The accumulator is exact
+layout 8-bit MMAs want). ``x_scale (M,)`` float32, ``w_scale (N,)`` in its stored float dtype
+(widened exactly in the epilogue). The accumulator is exact
 (|codes| ≤ 127, K < 2^17 keeps it inside int32) and the epilogue is the reference's arithmetic in
 float32, ``acc · s_x · s_w (+ bias)``, in the same order, so results equal the reference's.
 
@@ -74,6 +75,11 @@ class Tiles:
 # 84.6 to 43.2 µs (bench/results/w8a8-tile-sweep-splitk.md).
 WIDE_TILES = Tiles(128, 256, 128, 4, 8, split_tail=True)
 NARROW_TILES = Tiles(128, 128, 128, 4, 8)
+# A few rows (3 to ``SMALL_MAX_M``, above the decode GEMV): one warpgroup on 64-row tiles, K split
+# when they are few. Per layer 1.03-1.32x the ``torch._int_mm`` path on the three big shapes at
+# M = 3-96 (bench/results/w8a8-tile-sweep-small-m.md).
+SMALL_TILES = Tiles(64, 128, 128, 4, 4)
+SMALL_MAX_M = 96
 
 INTERPRET_TILES = Tiles(32, 32, 32, 1, 4)
 
@@ -98,7 +104,7 @@ def _store_scaled(acc, offs_m, offs_n, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, 
                   HAS_BIAS: tl.constexpr):
     rm = tl.where(offs_m < M, offs_m, 0)  # clamped: scale loads stay in bounds, stores are masked
     rn = tl.where(offs_n < N, offs_n, 0)
-    y = acc.to(tl.float32) * tl.load(xs_ptr + rm)[:, None] * tl.load(ws_ptr + rn)[None, :]
+    y = acc.to(tl.float32) * tl.load(xs_ptr + rm)[:, None] * tl.load(ws_ptr + rn).to(tl.float32)[None, :]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn).to(tl.float32)[None, :]
     out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
@@ -212,12 +218,17 @@ def _sm_count(device: torch.device) -> int:
 def main_columns(M: int, N: int, tiles: Tiles, sms: int) -> int:
     """Columns done in full-width tiles; the rest go to half-width tiles. With ``split_tail``,
     when the tiles fill at least one wave (a wave is ``sms`` tiles) and end in a partial one, the
-    full-width part is the whole columns of tiles that fit in the full waves."""
+    full-width part is the whole columns of tiles that fit in the full waves, provided the
+    half-width tiles of the rest fit in one wave: where they would not, halving the tail's tiles
+    saves no wave and costs their lower efficiency (14336×4096 at M = 4096, 512 tiles: 4 columns
+    of 32 left, 256 half-width tiles; 426 µs split, 383 not)."""
     n_m, n_n = triton.cdiv(M, tiles.block_m), triton.cdiv(N, tiles.block_n)
     full_waves = n_m * n_n // sms
     if not tiles.split_tail or full_waves == 0 or (n_m * n_n) % sms == 0:
         return N
-    return min(N, full_waves * sms // n_m * tiles.block_n)
+    main = min(N, full_waves * sms // n_m * tiles.block_n)
+    half_tiles = n_m * triton.cdiv(N - main, tiles.block_n // 2)
+    return main if half_tiles <= sms else N
 
 
 def tma_device(device: torch.device) -> bool:
@@ -277,7 +288,10 @@ def tma_tiles_for(M: int, N: int, sms: int) -> Tiles:
 
 
 def choose_tiles(M: int, N: int, sms: int) -> Tiles:
-    """``WIDE_TILES`` when they fill at least half of the ``sms``, else ``NARROW_TILES``."""
+    """``SMALL_TILES`` up to ``SMALL_MAX_M`` rows; then ``WIDE_TILES`` when they fill at least
+    half of the ``sms``, else ``NARROW_TILES``."""
+    if M <= SMALL_MAX_M:
+        return SMALL_TILES
     wide = triton.cdiv(M, WIDE_TILES.block_m) * triton.cdiv(N, WIDE_TILES.block_n)
     return WIDE_TILES if 2 * wide >= sms else NARROW_TILES
 
@@ -349,7 +363,10 @@ def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_sc
     M = q.shape[0]
     q, w = q.contiguous(), w.contiguous()
     xs = x_scale.reshape(-1).float().contiguous()
-    ws = w_scale.reshape(-1).float().contiguous()
+    # Read in their stored dtype (a model's bf16 scales widen exactly in the epilogue): a
+    # conversion here would be one more launch per layer, and caching it on the module put a
+    # data-pointer check in the traced step (a graph break per layer under torch.compile).
+    ws = w_scale.reshape(-1).contiguous()
     out = torch.empty(M, w.shape[0], device=q.device, dtype=dtype)
     if tma_supported(q, w):
         sms = _sm_count(q.device)
