@@ -61,6 +61,8 @@ def candidates():
     for t in (Tiles(64, 128, 128, 4, 4), Tiles(64, 256, 128, 4, 4), Tiles(64, 64, 128, 6, 4)):
         out.append((f"tma {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}", ("tma", t)))
     out.append(("_int_mm + epilogue", ("intmm", None)))
+    # the tail rule: split whenever there is a partial wave (the rule before 2026-11-24 21:30)
+    out.append(("tma 128x256x128 s4 w8 tail always", ("tma-alltail", Tiles(128, 256, 128, 4, 8, split_tail=True))))
     return out
 
 
@@ -73,6 +75,12 @@ def gemm_fn(kind, cfg):
             return mm.int8_mm_ptr(q, w, xs, ws, None, out, cfg)
         if kind == "tma-nosplit":  # K never split (the launch before split_k_for)
             return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg, split_k=1)
+        if kind == "tma-alltail":  # the tail split whenever there is a partial wave (before 2026-11-24 21:30)
+            n_m, n_n = -(-q.shape[0] // cfg.block_m), -(-w.shape[0] // cfg.block_n)
+            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+            waves = n_m * n_n // sms
+            main = w.shape[0] if waves == 0 or n_m * n_n % sms == 0 else min(w.shape[0], waves * sms // n_m * cfg.block_n)
+            return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg, main=main)
         if kind == "intmm":  # the layer's path below FUSED_MIN_M: cuBLASLt int8 GEMM, Triton epilogue
             from lowbit.kernels.triton_act_quant import scale_int32
 

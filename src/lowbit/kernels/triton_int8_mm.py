@@ -246,9 +246,10 @@ def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
-                split_k: int | None = None) -> torch.Tensor:
+                split_k: int | None = None, main: int | None = None) -> torch.Tensor:
     """TMA kernel with ``tiles``; ``sms`` (default: the device's SM count) sizes a wave;
-    ``split_k`` (default: ``split_k_for``) splits K across programs when the tiles are few."""
+    ``split_k`` (default: ``split_k_for``) splits K across programs when the tiles are few;
+    ``main`` (default: ``main_columns``) is how many columns take full-width tiles."""
     M, K = q.shape
     N = w.shape[0]
     sms = sms or _sm_count(q.device)
@@ -272,7 +273,7 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
             HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, num_stages=tiles.stages, num_warps=tiles.warps)
         return out
-    n_main = main_columns(M, N, tiles, sms)
+    n_main = main_columns(M, N, tiles, sms) if main is None else main
     w_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n // 2, tiles.block_k])
     n_m = triton.cdiv(M, tiles.block_m)
     grid = (n_m * triton.cdiv(n_main, tiles.block_n) + n_m * triton.cdiv(N - n_main, tiles.block_n // 2),)
