@@ -34,7 +34,17 @@ INT_MM_MIN_M = 17
 # elsewhere the pointer-load GEMM takes over from 128 rows, below which _int_mm with M padded to
 # 17 runs at 1.2-1.6x bf16 (bench/results/w8a8-kernels.md).
 FUSED_MIN_M = 128
-TMA_MIN_M = int(os.environ.get("LOWBIT_W8A8_TMA_MIN_ROWS", "3"))
+
+
+def _rows_setting(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of rows, got {value!r}") from None
+
+
+TMA_MIN_M = _rows_setting("LOWBIT_W8A8_TMA_MIN_ROWS", 3)
 _TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first use
 
 
