@@ -45,6 +45,9 @@ def _rows_setting(name: str, default: int) -> int:
 
 
 TMA_MIN_M = _rows_setting("LOWBIT_W8A8_TMA_MIN_ROWS", 3)
+# FP8 up to this many tokens through lowbit's TMA GEMM (E4M3 operands, float32 sums) instead of
+# torch._scaled_mm, on Hopper (LOWBIT_FP8_TMA_MAX_ROWS overrides, for side-by-side benchmarks).
+FP8_TMA_MAX_M = _rows_setting("LOWBIT_FP8_TMA_MAX_ROWS", 96)
 _TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first use
 
 
@@ -80,12 +83,15 @@ def int_mm_supports(module) -> bool:
     return module.in_features % 8 == 0 and module.out_features % 8 == 0
 
 
-def fused_int8_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
-                      input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x2 (M, K)`` through the Triton input pass and the fused int8 GEMM → ``(M, N)`` in x2's
-    dtype. The GEMM reads ``weight_scale`` in its stored dtype and widens it in the epilogue."""
-    q, x_scale = quantize_input(x2, input_scale, fp8=False)
-    return _triton_modules()[1].int8_mm_scaled(q, codes, x_scale, weight_scale, bias, x2.dtype)
+def fused_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
+                 input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x2 (M, K)`` through the Triton input pass and lowbit's fused GEMM → ``(M, N)`` in x2's
+    dtype: int8, or E4M3 when ``codes`` are float8 (TMA devices only). The GEMM reads
+    ``weight_scale`` in its stored dtype and widens it in the epilogue."""
+    fp8 = codes.dtype == torch.float8_e4m3fn
+    q, x_scale = quantize_input(x2, input_scale, fp8=fp8)
+    mm = _triton_modules()[1]
+    return (mm.fp8_mm_scaled if fp8 else mm.int8_mm_scaled)(q, codes, x_scale, weight_scale, bias, x2.dtype)
 
 
 @register_kernel("cuda", "w8a8_int8")
@@ -105,7 +111,7 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     if mods is not None and m >= (TMA_MIN_M if mods[1].tma_device(x.device) else FUSED_MIN_M):
         args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
         # Under torch.compile one opaque operator (kernels/custom_op.py says why).
-        y = torch.ops.lowbit.w8a8_int8_mm(*args) if torch.compiler.is_compiling() else fused_int8_linear(*args)
+        y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
     acc = torch._int_mm(q, module.weight_codes.t())[:m]
@@ -127,6 +133,12 @@ def fp8_cuda(x: torch.Tensor, module) -> torch.Tensor:
         return fp8_linear(x, module)
     x2 = x.reshape(-1, module.in_features)
     m = x2.shape[0]
+    mods = _triton_modules()
+    if mods is not None and m <= FP8_TMA_MAX_M and mods[1].tma_device(x.device) \
+            and module.weight_codes.is_contiguous():
+        args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
+        y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
+        return y.reshape(*x.shape[:-1], module.out_features)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=True, rows=-(-m // 16) * 16)
     y = torch._scaled_mm(q, module.weight_codes.t(), scale_a=x_scale,
                          scale_b=module.weight_scale.float().reshape(1, -1),

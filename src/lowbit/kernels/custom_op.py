@@ -1,5 +1,5 @@
 """lowbit's CUDA products as PyTorch custom operators: ``lowbit::weight_only_linear``,
-``lowbit::w8a8_int8_gemv``, ``lowbit::w8a8_int8_mm`` and ``lowbit::input_hadamard``.
+``lowbit::w8a8_int8_gemv``, ``lowbit::w8a8_mm`` and ``lowbit::input_hadamard``.
 
 Under ``torch.compile`` a quantized model's linears must stay one opaque call each: tracing into
 the Triton dispatch would meet its tuner (which times candidates under CUDA graphs) and its
@@ -10,7 +10,7 @@ at run time the call goes to the same dispatch as eager mode. Eager calls skip t
 
 ``lowbit::w8a8_int8_gemv`` does the same for the W8A8 int8 decode GEMV (kernels/triton_int8_gemv.py),
 whose split-K arrival counters are process-wide state a traced graph must not capture;
-``lowbit::w8a8_int8_mm`` for the W8A8 input pass and int8 GEMM above the GEMV (kernels/triton_int8_mm.py,
+``lowbit::w8a8_mm`` for the W8A8 input pass and GEMM above the GEMV (int8; FP8 at small batches) (kernels/triton_int8_mm.py,
 whose TMA descriptors are host objects); ``lowbit::input_hadamard`` for the online rotation.
 
 The operators take the layer's buffers and format fields, not the module, so they need nothing
@@ -122,19 +122,19 @@ def _input_hadamard_shape(x, signs):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("lowbit::w8a8_int8_mm", mutates_args=())
-def w8a8_int8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
-                    input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x (M, K)`` through the fused int8 GEMM path (kernels/cuda_w8a8.py): the Triton input pass,
-    then the Triton int8 GEMM with its epilogue → ``(M, N)`` in x's dtype. Traced as one call: the
-    GEMM's host-side TMA descriptors inside a traced step pushed the code around it out of
-    inductor's kernels (docs/W8A8.md). Declares no mutated arguments: the split-K arrival counters
-    it bumps are library state every call leaves at zero."""
-    from .cuda_w8a8 import fused_int8_linear
+@torch.library.custom_op("lowbit::w8a8_mm", mutates_args=())
+def w8a8_mm_op(x: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
+               input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x (M, K)`` through lowbit's W8A8 GEMM path (kernels/cuda_w8a8.py): the Triton input pass,
+    then the Triton GEMM (int8, or E4M3 when ``codes`` are float8) with its epilogue → ``(M, N)``
+    in x's dtype. One opaque call under torch.compile, which must not trace the GEMM's host-side
+    TMA descriptors. Declares no mutated arguments: the split-K arrival counters it bumps are
+    library state every call leaves at zero."""
+    from .cuda_w8a8 import fused_linear
 
-    return fused_int8_linear(x, codes, weight_scale, input_scale, bias)
+    return fused_linear(x, codes, weight_scale, input_scale, bias)
 
 
-@w8a8_int8_mm_op.register_fake
-def _w8a8_int8_mm_shape(x, codes, weight_scale, input_scale, bias):
+@w8a8_mm_op.register_fake
+def _w8a8_mm_shape(x, codes, weight_scale, input_scale, bias):
     return x.new_empty(x.shape[0], codes.shape[0])

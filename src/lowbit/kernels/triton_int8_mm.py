@@ -113,12 +113,13 @@ def _store_scaled(acc, offs_m, offs_n, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, 
 
 @triton.jit
 def _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, off_m, off_n,
-              HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+              HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              ACC: tl.constexpr):
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k in tl.range(0, tl.cdiv(K, BLOCK_K)):  # the descriptors zero-fill past K, M and N: no masks
         a = q_desc.load([off_m, k * BLOCK_K])
         b = w_desc.load([off_n, k * BLOCK_K])
-        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        acc = tl.dot(a, b.T, acc, out_dtype=ACC)
     _store_scaled(acc, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N), xs_ptr, ws_ptr, bias_ptr,
                   out_ptr, M, N, stride_om, HAS_BIAS)
 
@@ -126,7 +127,7 @@ def _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride
 @triton.jit
 def _int8_mm_tma(q_desc, w_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, N_MAIN, stride_om,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_TAIL: tl.constexpr):
+                 GROUP_M: tl.constexpr, SPLIT_TAIL: tl.constexpr, ACC: tl.constexpr):
     # Programs [0, main) take BLOCK_N-wide tiles of columns [0, N_MAIN); with SPLIT_TAIL the rest
     # take half-width tiles of [N_MAIN, N).
     pid = tl.program_id(0)
@@ -135,21 +136,22 @@ def _int8_mm_tma(q_desc, w_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr,
     if not SPLIT_TAIL:
         pid_m, pid_n = _tile_coords(pid, n_m, n_main, GROUP_M)
         _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, pid_m * BLOCK_M,
-                  pid_n * BLOCK_N, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K)
+                  pid_n * BLOCK_N, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, ACC)
     elif pid < n_m * n_main:
         pid_m, pid_n = _tile_coords(pid, n_m, n_main, GROUP_M)
         _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, pid_m * BLOCK_M,
-                  pid_n * BLOCK_N, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K)
+                  pid_n * BLOCK_N, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, ACC)
     else:
         pid_m, pid_n = _tile_coords(pid - n_m * n_main, n_m, tl.cdiv(N - N_MAIN, BLOCK_N // 2), GROUP_M)
         _tma_tile(q_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om, pid_m * BLOCK_M,
-                  N_MAIN + pid_n * (BLOCK_N // 2), HAS_BIAS, BLOCK_M, BLOCK_N // 2, BLOCK_K)
+                  N_MAIN + pid_n * (BLOCK_N // 2), HAS_BIAS, BLOCK_M, BLOCK_N // 2, BLOCK_K, ACC)
 
 
 @triton.jit
 def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
                             HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr):
+                            BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
+                            ACC: tl.constexpr):
     # Tiles in grouped order, program p taking p, p + NUM_PROGRAMS, ...; the tile loop and the K
     # loop are flattened into one software pipeline, so loads run ahead across tile boundaries.
     n_m = tl.cdiv(M, BLOCK_M)
@@ -157,11 +159,11 @@ def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M
     k_tiles = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(tl.program_id(0), n_m * n_n, NUM_PROGRAMS, flatten=True):
         pid_m, pid_n = _tile_coords(tile, n_m, n_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         for k in range(k_tiles):
             a = q_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
             b = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+            acc = tl.dot(a, b.T, acc, out_dtype=ACC)
         _store_scaled(acc, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N),
                       xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS)
 
@@ -169,20 +171,20 @@ def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M
 @triton.jit
 def _int8_mm_tma_splitk(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K,
                         stride_om, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
-    # Program (tile, s) sums K tiles [first, last) of its output tile into an int32 slice
-    # part[s]; the last split to arrive at the tile (its arrival counter) adds the slices in split
-    # order — int32, so the total is the one-pass accumulator exactly — and applies the epilogue,
-    # then resets the counter for the next call.
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACC: tl.constexpr):
+    # Program (tile, s) sums K tiles [first, last) of its output tile into a slice part[s] (int32;
+    # float32 for E4M3); the last split to arrive at the tile (its arrival counter) adds the slices
+    # in split order — for int8 the one-pass accumulator exactly, for E4M3 a fixed order, so
+    # repeatable — and applies the epilogue, then resets the counter for the next call.
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
     pid_m, pid_n = _tile_coords(pid, n_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     first, last = split_tiles(K, BLOCK_K, SPLIT_K, tl.program_id(1))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k in tl.range(first, last):
         a = q_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
         b = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
-        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        acc = tl.dot(a, b.T, acc, out_dtype=ACC)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -192,7 +194,7 @@ def _int8_mm_tma_splitk(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, part_
     tl.debug_barrier()  # every thread's slice is written before the counter moves
     arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if arrived == SPLIT_K - 1:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         for s in tl.static_range(SPLIT_K):
             acc += tl.load(part_ptr + s * slice_size + offs, mask=mask, other=0, cache_modifier=".cg")
         _store_scaled(acc, offs_m, offs_n, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS)
@@ -253,17 +255,18 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
     M, K = q.shape
     N = w.shape[0]
     sms = sms or _sm_count(q.device)
+    acc = tl.float32 if q.dtype == torch.float8_e4m3fn else tl.int32  # E4M3 products sum in float32
     q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
     w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
     split = split_k_for(M, N, K, tiles, sms) if split_k is None else split_k
     n_tiles = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     counters = split_counters(q.device, n_tiles) if split > 1 else None
     if counters is not None:
-        part = torch.empty(split, M, N, dtype=torch.int32, device=q.device)
+        part = torch.empty(split, M, N, dtype=torch.int32 if acc == tl.int32 else torch.float32, device=q.device)
         _int8_mm_tma_splitk[(n_tiles, split)](
             q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, part, counters, M, N, K,
             out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-            BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_K=split, num_stages=tiles.stages,
+            BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_K=split, ACC=acc, num_stages=tiles.stages,
             num_warps=tiles.warps)
         return out
     if tiles.persistent:
@@ -271,7 +274,7 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
         _int8_mm_tma_persistent[(programs,)](
             q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, out.stride(0),
             HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-            GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, num_stages=tiles.stages, num_warps=tiles.warps)
+            GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, ACC=acc, num_stages=tiles.stages, num_warps=tiles.warps)
         return out
     n_main = main_columns(M, N, tiles, sms) if main is None else main
     w_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n // 2, tiles.block_k])
@@ -279,7 +282,7 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
     grid = (n_m * triton.cdiv(n_main, tiles.block_n) + n_m * triton.cdiv(N - n_main, tiles.block_n // 2),)
     _int8_mm_tma[grid](q_desc, w_desc, w_half_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, n_main,
                        out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-                       BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_TAIL=n_main < N,
+                       BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_TAIL=n_main < N, ACC=acc,
                        num_stages=tiles.stages, num_warps=tiles.warps)
     return out
 
@@ -357,19 +360,34 @@ def int8_mm_ptr(q, w, xs, ws, bias, out, config: dict | None = None) -> torch.Te
     return out
 
 
-def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
-                   bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """``(q @ wᵀ) · x_scale · w_scaleᵀ (+ bias)`` in ``dtype``: ``q (M, K)``, ``w (N, K)`` int8;
-    ``x_scale`` ``M`` values, ``w_scale`` ``N`` values (any shape holding them)."""
-    M = q.shape[0]
+def _scaled_operands(q, w, x_scale, w_scale, dtype):
     q, w = q.contiguous(), w.contiguous()
     xs = x_scale.reshape(-1).float().contiguous()
     # Read in their stored dtype (a model's bf16 scales widen exactly in the epilogue): a
     # conversion here would be one more launch per layer, and caching it on the module put a
     # data-pointer check in the traced step (a graph break per layer under torch.compile).
     ws = w_scale.reshape(-1).contiguous()
-    out = torch.empty(M, w.shape[0], device=q.device, dtype=dtype)
+    return q, w, xs, ws, torch.empty(q.shape[0], w.shape[0], device=q.device, dtype=dtype)
+
+
+def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+                   bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``(q @ wᵀ) · x_scale · w_scaleᵀ (+ bias)`` in ``dtype``: ``q (M, K)``, ``w (N, K)`` int8;
+    ``x_scale`` ``M`` values, ``w_scale`` ``N`` values (any shape holding them)."""
+    q, w, xs, ws, out = _scaled_operands(q, w, x_scale, w_scale, dtype)
     if tma_supported(q, w):
         sms = _sm_count(q.device)
-        return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(M, w.shape[0], sms), sms)
+        return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(q.shape[0], w.shape[0], sms), sms)
     return int8_mm_ptr(q, w, xs, ws, bias, out)
+
+
+def fp8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``int8_mm_scaled`` for E4M3 codes (``torch.float8_e4m3fn``): the same TMA kernels, the
+    products summed in float32 (each is exact there; the sums round as the tensor cores' do, as
+    in ``torch._scaled_mm``). TMA devices only (``tma_supported``)."""
+    q, w, xs, ws, out = _scaled_operands(q, w, x_scale, w_scale, dtype)
+    if not tma_supported(q, w):
+        raise ValueError("fp8_mm_scaled needs a GPU with TMA (Hopper or newer) and 16-byte aligned rows")
+    sms = _sm_count(q.device)
+    return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(q.shape[0], w.shape[0], sms), sms)
