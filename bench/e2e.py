@@ -23,7 +23,9 @@ Embeddings and ``lm_head`` stay bf16 in every variant (the JSON says so too), ex
 ``w4a16-head`` (on request, ``--variants``): w4a16 with ``lm_head`` in int4 g128 as well. Also on
 request, ``w8a8-static-r4``: the arrangement of the ``w8a8-rotated-hadamard-static`` preset's
 layers — int8 weights, static per-tensor int8 inputs (min-max over one random prompt of the bf16
-model), and every ``down_proj`` rotating its inputs online (R4; its weights ``W Q``).
+model), and every ``down_proj`` rotating its inputs online (R4; its weights ``W Q``); and
+``fp8``: every decoder linear a lowbit ``FP8Linear`` (E4M3 per-channel weights, E4M3 inputs per
+token at run time).
 
 Fairness: every variant decodes gpt-fast style through the same loop. transformers' ``StaticCache``
 holds the KV cache at fixed addresses; the prompt is prefilled eagerly; a few decode steps run
@@ -60,8 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import env_prefix  # noqa: E402
 from w8a8_kernels import import_lowbit  # noqa: E402  (lowbit's layers even where its __init__ fails)
 
-VARIANTS = ("bf16", "w4a16", "w8a8", "w4a16-head", "w8a8-static-r4")
-DEFAULT_VARIANTS = ("bf16", "w4a16", "w8a8")  # w4a16-head, w8a8-static-r4 on request
+VARIANTS = ("bf16", "w4a16", "w8a8", "w4a16-head", "w8a8-static-r4", "fp8")
+DEFAULT_VARIANTS = ("bf16", "w4a16", "w8a8")  # w4a16-head, w8a8-static-r4, fp8 on request
 CALIBRATION_TOKENS = 256  # w8a8-static-r4's static input scales: one random prompt of this length
 BATCHES = [1, 8, 32]
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -76,6 +78,7 @@ W4_GROUP = 128
 FORMATS = {"bf16": "bf16 weights", "w4a16": f"int4 asym g{W4_GROUP} RTN, bf16 activations",
            "w8a8": "int8 sym per-channel RTN weights, int8 dynamic per-token activations",
            "w4a16-head": f"as w4a16, and lm_head int4 asym g{W4_GROUP} RTN too",
+           "fp8": "E4M3 per-channel RTN weights, E4M3 dynamic per-token activations",
            "w8a8-static-r4": "int8 sym per-channel RTN weights, int8 static per-tensor activations "
                              "(min-max over one random prompt); down_proj's inputs rotated online "
                              "(randomized Hadamard, R4) and its weights W Q"}
@@ -191,6 +194,11 @@ def quantize_linear(linear: nn.Linear, variant: str, name: str = "", seed: int =
         return QuantLinear.from_quantized(qw, linear.bias).eval()
     if variant == "w8a8":
         return W8A8Linear.from_quantized(rtn(w, WEIGHT_SPEC), linear.bias).eval()
+    if variant == "fp8":
+        from lowbit.formats.fp8 import FP8_ROWS
+        from lowbit.modules.fp8_linear import FP8Linear
+
+        return FP8Linear.from_quantized(rtn(w, FP8_ROWS), linear.bias).eval()
     if variant == "w8a8-static-r4":
         from lowbit.modules.input_hadamard import attach_input_hadamard, rotate_matmuls
 
@@ -726,7 +734,8 @@ def parse_args(argv):
     ap.add_argument("--batches", type=ints, default=None, help=f"default {','.join(map(str, BATCHES))}")
     ap.add_argument("--variants", type=lambda s: s.split(","), default=list(DEFAULT_VARIANTS),
                     help=f"default {','.join(DEFAULT_VARIANTS)}; also w4a16-head (lm_head in int4 too), "
-                         "w8a8-static-r4 (static int8 activations, down_proj rotated online)")
+                         "w8a8-static-r4 (static int8 activations, down_proj rotated online), "
+                         "fp8 (E4M3 weights and dynamic per-token inputs)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 64; dry 16)")
     ap.add_argument("--steps", type=int, default=None, help="timed decode steps per series (default 64; dry 4)")
     ap.add_argument("--warmup", type=int, default=3, help="eager decode steps before capture")

@@ -6,10 +6,12 @@
   batches take ``torch._int_mm`` (cuBLASLt, int32 accumulation), which needs ``M > 16`` (the
   batch is padded with zero rows). ``K``, ``N`` must be multiples of 8;
   other shapes take the reference kernel (an exact float64 product: slow, correct).
-- FP8: ``torch._scaled_mm`` with row-wise scales (one per token, one per output row) applies
-  both scales inside the GEMM; it needs compute capability 8.9+ (Ada, Hopper) and ``K``, ``N``
-  multiples of 16 (``M`` is padded to 16). Row-wise scaling writes bfloat16, the dtype models
-  run in on GPUs; other input dtypes get the result cast back.
+- FP8: on Hopper mostly lowbit's Triton GEMM on E4M3 codes (the int8 GEMM's TMA tiles with
+  float32 sums, both scales and the bias applied in its epilogue; ``_fp8_on_triton`` says where);
+  otherwise ``torch._scaled_mm`` with row-wise scales (one per token, one per output row), which
+  needs compute capability 8.9+ (Ada, Hopper) and ``K``, ``N`` multiples of 16 (``M`` is padded
+  to 16). Row-wise scaling writes bfloat16, the dtype models run in on GPUs; other input dtypes
+  get the result cast back.
 Activation quantization and the int8 epilogue run as one Triton kernel each where Triton
 imports (kernels/triton_act_quant.py), else as the PyTorch ops of the CPU path
 (kernels/activations.py); both compute the same codes, so every device feeds the GEMM the same
@@ -45,9 +47,32 @@ def _rows_setting(name: str, default: int) -> int:
 
 
 TMA_MIN_M = _rows_setting("LOWBIT_W8A8_TMA_MIN_ROWS", 3)
-# FP8 up to this many tokens through lowbit's TMA GEMM (E4M3 operands, float32 sums) instead of
-# torch._scaled_mm, on Hopper (LOWBIT_FP8_TMA_MAX_ROWS overrides, for side-by-side benchmarks).
-FP8_TMA_MAX_M = _rows_setting("LOWBIT_FP8_TMA_MAX_ROWS", 96)
+# Which GEMM FP8 layers run on Hopper (LOWBIT_FP8_GEMM=auto | triton | cublas; the last two for
+# side-by-side benchmarks): with "auto", lowbit's TMA GEMM on E4M3 codes (float32 sums) wherever
+# it takes its small tiles (up to 96 tokens) or its wide ones, and torch._scaled_mm where it would
+# take narrow tiles (down_proj's 14336×4096 at 128-512 tokens), where cuBLAS measured faster
+# (bench/results/w8a8-kernels-fp8-gemm.md).
+FP8_GEMMS = ("auto", "triton", "cublas")
+
+
+def _fp8_gemm_setting() -> str:
+    value = os.environ.get("LOWBIT_FP8_GEMM", "auto")
+    if value not in FP8_GEMMS:
+        raise ValueError(f"LOWBIT_FP8_GEMM must be one of {', '.join(FP8_GEMMS)}, got {value!r}")
+    return value
+
+
+FP8_GEMM = _fp8_gemm_setting()
+
+
+def _fp8_on_triton(mods, m: int, module, device: torch.device) -> bool:
+    if FP8_GEMM == "cublas" or mods is None or not mods[1].tma_device(device) \
+            or not module.weight_codes.is_contiguous():
+        return False
+    if FP8_GEMM == "triton":
+        return True
+    mm = mods[1]
+    return mm.choose_tiles(m, module.out_features, mm._sm_count(device)) is not mm.NARROW_TILES
 _TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first use
 
 
@@ -134,8 +159,7 @@ def fp8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     x2 = x.reshape(-1, module.in_features)
     m = x2.shape[0]
     mods = _triton_modules()
-    if mods is not None and m <= FP8_TMA_MAX_M and mods[1].tma_device(x.device) \
-            and module.weight_codes.is_contiguous():
+    if _fp8_on_triton(mods, m, module, x.device):
         args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
         y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
         return y.reshape(*x.shape[:-1], module.out_features)

@@ -189,7 +189,7 @@ def _int8_mm_tma_splitk(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, part_
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    slice_size = M.to(tl.int64) * N
+    slice_size = tl.cast(M, tl.int64) * N  # (tl.cast: M = 1 arrives as a constant)
     tl.store(part_ptr + tl.program_id(1) * slice_size + offs, acc, mask=mask)
     tl.debug_barrier()  # every thread's slice is written before the counter moves
     arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
