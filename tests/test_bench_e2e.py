@@ -53,12 +53,14 @@ def test_dry_run_records_the_variants_and_renders(dry_doc):
     size = {v["variant"]: v["decoder_linear_bytes"] for v in doc["variants"]}
     kinds = {v["variant"]: v["decoder_linear_kind"] for v in doc["variants"]}
     assert kinds == {"bf16": ["Linear"], "w4a16": ["QuantLinear"], "w8a8": ["W8A8Linear"],
-                     "w4a16-head": ["QuantLinear"], "w8a8-static-r4": ["W8A8Linear"]}
+                     "w4a16-head": ["QuantLinear"], "w8a8-static-r4": ["W8A8Linear"], "fp8": ["FP8Linear"]}
     assert {v["variant"]: v["lm_head_kind"] for v in doc["variants"]} == {
         "bf16": "Linear", "w4a16": "Linear", "w8a8": "Linear", "w4a16-head": "QuantLinear",
-        "w8a8-static-r4": "Linear"}
-    # w8a8-static-r4 adds input scales and the two down_projs' int8 signs (512 each), no more
+        "w8a8-static-r4": "Linear", "fp8": "Linear"}
+    # w8a8-static-r4 adds input scales and the two down_projs' int8 signs (512 each), no more;
+    # fp8 holds one byte per weight as int8 does, with float32 row scales (bf16 for int8)
     assert size["w4a16"] == size["w4a16-head"] < size["w8a8"] < size["w8a8-static-r4"] < size["bf16"]
+    assert size["w8a8"] < size["fp8"] < size["bf16"]
     assert 2 * 512 < size["w8a8-static-r4"] - size["w8a8"] < 4096
     assert all(v["decoder_linears"] == 2 * 7 for v in doc["variants"])
     for key in ("device", "torch", "transformers", "date", "command"):

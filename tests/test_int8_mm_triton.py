@@ -156,6 +156,10 @@ def test_tile_choice_by_tile_count():
     assert mm.choose_tiles(96, 4096, 132) is mm.SMALL_TILES
     assert mm.choose_tiles(97, 14336, 132) is mm.NARROW_TILES
     assert mm.choose_tiles(256, 14336, 132) is mm.WIDE_TILES    # 112 wide tiles
+    # FP8 on these kernels where they take small or wide tiles, on cuBLAS where narrow ones
+    assert mm.fp8_prefers_tma(8, 4096, 132) and mm.fp8_prefers_tma(256, 14336, 132)
+    assert mm.fp8_prefers_tma(1024, 4096, 132)
+    assert not mm.fp8_prefers_tma(128, 14336, 132) and not mm.fp8_prefers_tma(512, 4096, 132)
     assert mm.choose_tiles(1024, 4096, 132) is mm.WIDE_TILES    # 128
     assert mm.choose_tiles(128, 14336, 132) is mm.NARROW_TILES  # 56 wide: 112 narrow
     assert mm.choose_tiles(256, 4096, 132) is mm.NARROW_TILES   # 32 wide: 64 narrow, K split in 2

@@ -1,4 +1,5 @@
-"""CUDA kernels of the W8A8 linears through PyTorch's built-in low-precision GEMMs.
+"""CUDA kernels of the W8A8 int8 and FP8 linears: lowbit's Triton GEMV and GEMMs, and PyTorch's
+built-in low-precision GEMMs where those are faster or Triton's TMA path is missing.
 
 - int8: at batch 1-2 one Triton GEMV quantizes, multiplies (``dp4a``) and scales in a single
   launch (kernels/triton_int8_gemv.py); above that lowbit's Triton GEMM
@@ -48,10 +49,8 @@ def _rows_setting(name: str, default: int) -> int:
 
 TMA_MIN_M = _rows_setting("LOWBIT_W8A8_TMA_MIN_ROWS", 3)
 # Which GEMM FP8 layers run on Hopper (LOWBIT_FP8_GEMM=auto | triton | cublas; the last two for
-# side-by-side benchmarks): with "auto", lowbit's TMA GEMM on E4M3 codes (float32 sums) wherever
-# it takes its small tiles (up to 96 tokens) or its wide ones, and torch._scaled_mm where it would
-# take narrow tiles (down_proj's 14336×4096 at 128-512 tokens), where cuBLAS measured faster
-# (bench/results/w8a8-kernels-fp8-gemm.md).
+# side-by-side benchmarks): with "auto", lowbit's TMA GEMM on E4M3 codes (float32 sums) where
+# triton_int8_mm.fp8_prefers_tma says so, else torch._scaled_mm.
 FP8_GEMMS = ("auto", "triton", "cublas")
 
 
@@ -71,9 +70,10 @@ def _fp8_on_triton(mods, m: int, module, device: torch.device) -> bool:
         return False
     if FP8_GEMM == "triton":
         return True
-    mm = mods[1]
-    return mm.choose_tiles(m, module.out_features, mm._sm_count(device)) is not mm.NARROW_TILES
-_TRITON = []  # [(triton_act_quant, triton_int8_mm) or None], filled on first use
+    return mods[1].fp8_prefers_tma(m, module.out_features, mods[1].sm_count(device))
+
+
+_TRITON = []  # [(triton_act_quant, triton_int8_mm, triton_int8_gemv) or None], filled on first use
 
 
 def _triton_modules():

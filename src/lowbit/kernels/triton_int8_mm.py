@@ -213,7 +213,7 @@ def split_k_for(M: int, N: int, K: int, tiles: Tiles, sms: int) -> int:
     return max(1, min(MAX_SPLIT_K, sms // n_tiles, by_k))
 
 
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
@@ -254,7 +254,7 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
     ``main`` (default: ``main_columns``) is how many columns take full-width tiles."""
     M, K = q.shape
     N = w.shape[0]
-    sms = sms or _sm_count(q.device)
+    sms = sms or sm_count(q.device)
     acc = tl.float32 if q.dtype == torch.float8_e4m3fn else tl.int32  # E4M3 products sum in float32
     q_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [tiles.block_m, tiles.block_k])
     w_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n, tiles.block_k])
@@ -285,6 +285,14 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
                        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_TAIL=n_main < N, ACC=acc,
                        num_stages=tiles.stages, num_warps=tiles.warps)
     return out
+
+
+def fp8_prefers_tma(M: int, N: int, sms: int) -> bool:
+    """Whether an E4M3 product of ``M`` rows and ``N`` columns runs faster here than on
+    ``torch._scaled_mm``: where the launch takes the small or the wide tiles. With the narrow ones
+    (few wide tiles: ``down_proj``'s 14336×4096 at 128-512 tokens) cuBLAS measured faster
+    (bench/results/w8a8-kernels-fp8-gemm.md)."""
+    return choose_tiles(M, N, sms) is not NARROW_TILES
 
 
 def tma_tiles_for(M: int, N: int, sms: int) -> Tiles:
@@ -376,7 +384,7 @@ def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_sc
     ``x_scale`` ``M`` values, ``w_scale`` ``N`` values (any shape holding them)."""
     q, w, xs, ws, out = _scaled_operands(q, w, x_scale, w_scale, dtype)
     if tma_supported(q, w):
-        sms = _sm_count(q.device)
+        sms = sm_count(q.device)
         return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(q.shape[0], w.shape[0], sms), sms)
     return int8_mm_ptr(q, w, xs, ws, bias, out)
 
@@ -389,5 +397,5 @@ def fp8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_sca
     q, w, xs, ws, out = _scaled_operands(q, w, x_scale, w_scale, dtype)
     if not tma_supported(q, w):
         raise ValueError("fp8_mm_scaled needs a GPU with TMA (Hopper or newer) and 16-byte aligned rows")
-    sms = _sm_count(q.device)
+    sms = sm_count(q.device)
     return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(q.shape[0], w.shape[0], sms), sms)
