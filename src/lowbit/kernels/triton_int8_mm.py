@@ -14,6 +14,9 @@ layout 8-bit MMAs want). ``x_scale (M,)`` float32, ``w_scale (N,)`` in its store
 (widened exactly in the epilogue). The accumulator is exact
 (|codes| ≤ 127, K < 2^17 keeps it inside int32) and the epilogue is the reference's arithmetic in
 float32, ``acc · s_x · s_w (+ bias)``, in the same order, so results equal the reference's.
+The TMA kernels take E4M3 codes as well (``fp8_mm_scaled``): a float32 accumulator, the tensor
+cores' own (fast) accumulation of E4M3 products, the same epilogue; FP8 layers use them where
+``fp8_prefers_tma`` says so.
 
 Two kernels, one arithmetic:
 - ``_int8_mm_tma`` (compute capability 9.0+, K a multiple of 16): tiles arrive through the
