@@ -273,3 +273,16 @@ def test_w8a8_operator_takes_fp8_codes():
     bound = (q.double().abs() @ w.double().abs().t()) * xs.double()[:, None] * ws.double()[None, :]
     assert y.shape == (5, 48)
     assert ((y.double() - fp8_reference(q, w, xs, ws, bias)).abs() <= bound * 96 * 2**-24 + 1e-6).all()
+
+
+@interpreted
+def test_fp8_codes_the_copy_engine_cannot_address_take_scaled_mm(monkeypatch):
+    """E4M3 weight codes whose rows are not 16-byte aligned (a view at an odd offset) go to the
+    ``torch._scaled_mm`` path instead of failing in the TMA GEMM."""
+    from lowbit.kernels import cuda_w8a8
+
+    calls = []
+    monkeypatch.setattr(cuda_w8a8, "fp8_scaled_mm", lambda *a: calls.append(a) or "scaled_mm")
+    _, w, _, ws, bias = fp8_operands(5, 48, 97, 23)
+    x = torch.randn(5, 96)
+    assert cuda_w8a8.fused_linear(x, w[:, 1:], ws, None, bias) == "scaled_mm" and len(calls) == 1

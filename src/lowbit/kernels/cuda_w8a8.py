@@ -111,11 +111,14 @@ def int_mm_supports(module) -> bool:
 def fused_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
                  input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     """``x2 (M, K)`` through the Triton input pass and lowbit's fused GEMM → ``(M, N)`` in x2's
-    dtype: int8, or E4M3 when ``codes`` are float8 (TMA devices only). The GEMM reads
-    ``weight_scale`` in its stored dtype and widens it in the epilogue."""
+    dtype: int8, or E4M3 when ``codes`` are float8 (TMA devices; codes whose rows the copy engine
+    cannot address take ``torch._scaled_mm``). The GEMM reads ``weight_scale`` in its stored dtype
+    and widens it in the epilogue."""
     fp8 = codes.dtype == torch.float8_e4m3fn
-    q, x_scale = quantize_input(x2, input_scale, fp8=fp8)
     mm = _triton_modules()[1]
+    if fp8 and not mm.tma_supported(codes, codes):  # weight rows the copy engine cannot address
+        return fp8_scaled_mm(x2, codes, weight_scale, input_scale, bias)
+    q, x_scale = quantize_input(x2, input_scale, fp8=fp8)
     return (mm.fp8_mm_scaled if fp8 else mm.int8_mm_scaled)(q, codes, x_scale, weight_scale, bias, x2.dtype)
 
 
@@ -163,10 +166,17 @@ def fp8_cuda(x: torch.Tensor, module) -> torch.Tensor:
         args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
         y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
-    q, x_scale = quantize_input(x2, module.input_scale, fp8=True, rows=-(-m // 16) * 16)
-    y = torch._scaled_mm(q, module.weight_codes.t(), scale_a=x_scale,
-                         scale_b=module.weight_scale.float().reshape(1, -1),
+    y = fp8_scaled_mm(x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
+    return y.reshape(*x.shape[:-1], module.out_features)
+
+
+def fp8_scaled_mm(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tensor,
+                  input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x2 (M, K)`` through the FP8 input pass and ``torch._scaled_mm`` → ``(M, N)`` in x2's dtype."""
+    m = x2.shape[0]
+    q, x_scale = quantize_input(x2, input_scale, fp8=True, rows=-(-m // 16) * 16)
+    y = torch._scaled_mm(q, codes.t(), scale_a=x_scale, scale_b=weight_scale.float().reshape(1, -1),
                          out_dtype=torch.bfloat16)[:m]
-    if module.bias is not None:
-        y = y + module.bias.to(y.dtype)
-    return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.to(x2.dtype)
