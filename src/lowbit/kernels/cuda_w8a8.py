@@ -122,6 +122,14 @@ def fused_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tens
     return (mm.fp8_mm_scaled if fp8 else mm.int8_mm_scaled)(q, codes, x_scale, weight_scale, bias, x2.dtype)
 
 
+def _through_fused(x: torch.Tensor, x2: torch.Tensor, module) -> torch.Tensor:
+    """The layer's product through ``fused_linear``, in x's leading shape; under torch.compile as
+    one opaque operator (kernels/custom_op.py says why)."""
+    args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
+    y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
+    return y.reshape(*x.shape[:-1], module.out_features)
+
+
 @register_kernel("cuda", "w8a8_int8")
 def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     if not int_mm_supports(module):
@@ -137,10 +145,7 @@ def w8a8_int8_cuda(x: torch.Tensor, module) -> torch.Tensor:
             else mods[2].int8_gemv(*args)
         return y.reshape(*x.shape[:-1], module.out_features)
     if mods is not None and m >= (TMA_MIN_M if mods[1].tma_device(x.device) else FUSED_MIN_M):
-        args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
-        # Under torch.compile one opaque operator (kernels/custom_op.py says why).
-        y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
-        return y.reshape(*x.shape[:-1], module.out_features)
+        return _through_fused(x, x2, module)
     q, x_scale = quantize_input(x2, module.input_scale, fp8=False, rows=max(m, INT_MM_MIN_M))
     acc = torch._int_mm(q, module.weight_codes.t())[:m]
     x_scale = x_scale[:m]
@@ -163,9 +168,7 @@ def fp8_cuda(x: torch.Tensor, module) -> torch.Tensor:
     m = x2.shape[0]
     mods = _triton_modules()
     if _fp8_on_triton(mods, m, module, x.device):
-        args = (x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
-        y = torch.ops.lowbit.w8a8_mm(*args) if torch.compiler.is_compiling() else fused_linear(*args)
-        return y.reshape(*x.shape[:-1], module.out_features)
+        return _through_fused(x, x2, module)
     y = fp8_scaled_mm(x2, module.weight_codes, module.weight_scale, module.input_scale, module.bias)
     return y.reshape(*x.shape[:-1], module.out_features)
 
