@@ -1,5 +1,6 @@
-"""Sweep of the W8A8 activation pre-pass (``kernels/triton_act_quant.quantize_rows``, per-token
-int8): block size and warps for short rows (K = 4096) and long ones (K = 14336, ``down_proj``).
+"""Sweep of the W8A8 activation pre-pass (``kernels/triton_act_quant``, per-token int8): block size
+and warps for short rows (K = 4096) and long ones (K = 14336, ``down_proj``), for the one-program-
+per-row kernel (``quantize_rows``) and the two-launch chunked one (``quantize_rows_chunked``).
 
     PYTHONPATH=src python3 bench/act_quant_sweep.py --out $OUT
 
@@ -21,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
 from run_record import record  # noqa: E402
 
-SHAPES = [(14336, (256, 1024, 4096)), (4096, (256, 1024, 4096))]
+SHAPES = [(14336, (256, 512, 1024, 2048, 4096)), (4096, (256, 1024, 4096))]
 BLOCKS = (1024, 2048, 4096, 8192, 16384)
 WARPS = (4, 8, 16)
+CHUNKED = [(block, warps) for block in (512, 1024, 2048, 4096) for warps in (2, 4, 8)]
 
 
 def launch(x, block: int, warps: int):
@@ -54,25 +56,37 @@ def main(argv=None) -> int:
                 for warps in WARPS:
                     q, s = launch(xs[0], block, warps)
                     us = graph_us([lambda x=x: launch(x, block, warps) for x in xs], 0)
-                    rows.append({"K": K, "M": M, "block": block, "warps": warps, "one_pass": K <= block, "us": us,
-                                 "floor_us": M * K * 3 / 3.0e6,
+                    rows.append({"K": K, "M": M, "kernel": "rows", "block": block, "warps": warps,
+                                 "one_pass": K <= block, "us": us, "floor_us": M * K * 3 / 3.0e6,
                                  "equal": bool(torch.equal(q, shipped[0]) and torch.equal(s, shipped[1]))})
+            for block, warps in CHUNKED:
+                if block >= K:
+                    continue
+                q, s = aq.quantize_rows_chunked(xs[0], None, False, block=block, warps=warps)
+                us = graph_us([lambda x=x: aq.quantize_rows_chunked(x, None, False, block=block, warps=warps)
+                               for x in xs], 0)
+                rows.append({"K": K, "M": M, "kernel": "chunked", "block": block, "warps": warps, "one_pass": False,
+                             "us": us, "floor_us": M * K * 3 / 3.0e6,
+                             "equal": bool(torch.equal(q, shipped[0]) and torch.equal(s, shipped[1]))})
             shipped_us = graph_us([lambda x=x: aq.quantize_rows(x, None, fp8=False) for x in xs], 0)
-            rows.append({"K": K, "M": M, "block": "shipped", "warps": None, "us": shipped_us,
+            rows.append({"K": K, "M": M, "kernel": "shipped", "block": None, "warps": None, "us": shipped_us,
                          "floor_us": M * K * 3 / 3.0e6, "equal": True})
             print(rows[-1], flush=True)
-    lines = ["| K | M | shipped µs | best µs (block, warps) | next best | floor µs | all codes equal |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| K | M | shipped µs | best µs (kernel, block, warps) | next best | best chunked | floor µs | all codes equal |",
+             "|---|---|---|---|---|---|---|---|"]
     for K, batches in SHAPES:
         for M in batches:
-            pts = sorted((r for r in rows if r["K"] == K and r["M"] == M and r["block"] != "shipped"),
+            pts = sorted((r for r in rows if r["K"] == K and r["M"] == M and r["kernel"] != "shipped"),
                          key=lambda r: r["us"])
-            ship = next(r for r in rows if r["K"] == K and r["M"] == M and r["block"] == "shipped")
-            lines.append(f"| {K} | {M} | {ship['us']:.1f} | {pts[0]['us']:.1f} ({pts[0]['block']}, {pts[0]['warps']}) | "
-                         f"{pts[1]['us']:.1f} ({pts[1]['block']}, {pts[1]['warps']}) | {ship['floor_us']:.1f} | "
-                         f"{all(r['equal'] for r in pts)} |")
+            ship = next(r for r in rows if r["K"] == K and r["M"] == M and r["kernel"] == "shipped")
+            chunked = [r for r in pts if r["kernel"] == "chunked"]
+
+            def cell(r):
+                return f"{r['us']:.1f} ({r['kernel']}, {r['block']}, {r['warps']})" if r else "–"
+            lines.append(f"| {K} | {M} | {ship['us']:.1f} | {cell(pts[0])} | {cell(pts[1])} | "
+                         f"{cell(chunked[0] if chunked else None)} | {ship['floor_us']:.1f} | {all(r['equal'] for r in pts)} |")
     table = "\n".join(lines)
-    record(a.out, "act_quant_sweep", "W8A8 activation pre-pass: block and warps", "act_quant_sweep.py",
+    record(a.out, "act_quant_sweep", "W8A8 activation pre-pass: kernel, block and warps", "act_quant_sweep.py",
            sys.argv[1:] if argv is None else argv, table, rows=rows)
     return 0
 
