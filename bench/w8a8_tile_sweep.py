@@ -63,6 +63,14 @@ def candidates():
     out.append(("_int_mm + epilogue", ("intmm", None)))
     # the tail rule: split whenever there is a partial wave (the rule before 2026-11-24 21:30)
     out.append(("tma 128x256x128 s4 w8 tail always", ("tma-alltail", Tiles(128, 256, 128, 4, 8, split_tail=True))))
+    # Triton issues an int32-accumulating wgmma synchronously (it waits for each K step's MMAs
+    # before the next; only float32 accumulators are pipelined), so the tensor cores idle between
+    # K steps: two programs per SM (smem and registers for two) or longer K steps hide that gap
+    for t in (Tiles(128, 128, 128, 3, 4), Tiles(128, 128, 128, 3, 8), Tiles(128, 128, 128, 2, 4),
+              Tiles(128, 256, 256, 2, 8, split_tail=True), Tiles(64, 256, 128, 3, 4), Tiles(128, 128, 64, 4, 4),
+              Tiles(128, 128, 64, 6, 4)):
+        out.append((f"tma {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}" + (" tail" if t.split_tail else ""),
+                    ("tma", t)))
     return out
 
 

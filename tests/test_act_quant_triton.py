@@ -20,17 +20,16 @@ pytest.importorskip("triton")
 interpreted = pytest.mark.skipif(TRITON_PREIMPORTED, reason="Triton imported compiled-mode; see the fresh-process test")
 
 
-def _chunked(x, static_scale, fp8, rows):
-    from lowbit.kernels.triton_act_quant import quantize_rows_chunked
+def _stream(x, static_scale, fp8, rows):
+    from lowbit.kernels.triton_act_quant import quantize_rows_stream
 
-    # 3 chunks of 128 for K = 300 (padded to 4 in the absmax read), 5 of 1024 for K = 4100
-    return quantize_rows_chunked(x, static_scale, fp8, rows, block=128 if x.shape[1] < 1024 else 1024)
+    return quantize_rows_stream(x, static_scale, fp8, rows, programs=3)  # 8 rows: 3, 3 and 2 per program
 
 
 @interpreted
 @pytest.mark.parametrize("K", [300, 4100])  # one block kept in registers; two passes over 2048-wide blocks
 @pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("kernel", ["rows", "chunked"])
+@pytest.mark.parametrize("kernel", ["rows", "stream"])
 def test_int8_codes_and_scales_equal_the_pytorch_path(K, static, kernel):
     from lowbit.kernels.activations import int8_per_token
     from lowbit.kernels.triton_act_quant import quantize_rows
@@ -38,7 +37,7 @@ def test_int8_codes_and_scales_equal_the_pytorch_path(K, static, kernel):
     g = torch.Generator().manual_seed(K + static)
     x = (torch.randn(5, K, generator=g) * torch.rand(5, 1, generator=g) * 4).bfloat16()
     static_scale = torch.tensor(0.01) if static else None  # static: outliers past the range clamp
-    q, scale = (quantize_rows if kernel == "rows" else _chunked)(x, static_scale, fp8=False, rows=8)
+    q, scale = (quantize_rows if kernel == "rows" else _stream)(x, static_scale, fp8=False, rows=8)
     q_ref, scale_ref = int8_per_token(x, static_scale)
     assert q.shape == (8, K) and scale.shape == (8, 1)
     assert torch.equal(q[:5], q_ref)

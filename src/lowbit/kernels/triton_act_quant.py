@@ -92,55 +92,41 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
 
 
 @triton.jit
-def _chunk_amax(x_ptr, part_ptr, M, K, stride_x, CHUNKS: tl.constexpr, BLOCK: tl.constexpr):
-    """Program (row, c): the absmax of the row's chunk c (BLOCK values), into ``part[row, c]``."""
-    row, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    offs = c * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + row * stride_x + offs, mask=offs < tl.where(row < M, K, 0), other=0.0)
-    tl.store(part_ptr + row * CHUNKS + c, tl.max(tl.abs(x.to(tl.float32)), axis=0))
-
-
-@triton.jit
-def _quantize_chunks(x_ptr, q_ptr, s_ptr, part_ptr, M, K, stride_x, stride_q, DIVISOR: tl.constexpr,
-                     STATIC: tl.constexpr, FP8: tl.constexpr, TINY: tl.constexpr, CHUNKS: tl.constexpr,
-                     CHUNKS_P2: tl.constexpr, BLOCK: tl.constexpr):
-    """Program (row, c): the row's scale from its chunks' absmax (a max is exact in any order, so
-    the scale is the one-program kernel's), then chunk c's codes; chunk 0 stores the scale.
-    ``STATIC``: ``part_ptr`` is the one static scale instead."""
-    row, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    if STATIC:
-        scale = tl.load(part_ptr).to(tl.float32)
-    else:
-        i = tl.arange(0, CHUNKS_P2)
-        parts = tl.load(part_ptr + row * CHUNKS + i, mask=i < CHUNKS, other=0.0)
-        scale = tl.maximum(tl.math.div_rn(tl.max(parts, axis=0), DIVISOR), TINY)
-    if c == 0:
+def _quantize_rows_stream(x_ptr, q_ptr, s_ptr, static_ptr, M, ROWS, K, stride_x, stride_q,
+                          DIVISOR: tl.constexpr, STATIC: tl.constexpr, FP8: tl.constexpr, TINY: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """``_quantize_rows`` with fewer programs than rows: program p takes rows p, p + G, ... (G
+    programs), each row read once into registers, the next row's load issued before this row's
+    reduction and stores so that its latency overlaps them."""
+    pid, G = tl.program_id(0), tl.num_programs(0)
+    offs = tl.arange(0, BLOCK)
+    x_next = tl.load(x_ptr + pid.to(tl.int64) * stride_x + offs, mask=offs < tl.where(pid < M, K, 0), other=0.0)
+    for row in range(pid, ROWS, G):
+        x = x_next.to(tl.float32)
+        nxt = row + G
+        x_next = tl.load(x_ptr + tl.cast(nxt, tl.int64) * stride_x + offs, mask=offs < tl.where(nxt < M, K, 0), other=0.0)
+        if STATIC:
+            scale = tl.load(static_ptr).to(tl.float32)
+        else:
+            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), DIVISOR), TINY)
         tl.store(s_ptr + row, scale)
-    offs = c * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + row * stride_x + offs, mask=offs < tl.where(row < M, K, 0), other=0.0).to(tl.float32)
-    tl.store(q_ptr + row * stride_q + offs, _codes(x, scale, FP8), mask=offs < K)
+        tl.store(q_ptr + tl.cast(row, tl.int64) * stride_q + offs, _codes(x, scale, FP8), mask=offs < K)
 
 
-def quantize_rows_chunked(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None,
-                          block: int = 2048, warps: int = 4):
-    """``quantize_rows`` in two launches over (row, chunk of ``block`` values) programs: every
-    chunk's absmax, then every chunk's codes (its second read mostly from L2). Rows wait on no
-    sequential loop, at the price of a second launch and a second read; same codes and scales."""
+def quantize_rows_stream(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None,
+                         programs: int = 264, warps: int = 16):
+    """``quantize_rows`` through ``_quantize_rows_stream`` with ``programs`` programs (rows up to
+    16384 values, kept in registers); same codes and scales."""
     M, K = x.shape
     rows = max(rows or M, M)
     x = x if x.stride(1) == 1 else x.contiguous()
     q = torch.empty(rows, K, device=x.device, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
     scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
-    chunks = triton.cdiv(K, block)
-    if static_scale is not None:
-        part = static_scale.float()
-    else:
-        part = torch.empty(rows, chunks, device=x.device, dtype=torch.float32)
-        _chunk_amax[(rows, chunks)](x, part, M, K, x.stride(0), CHUNKS=chunks, BLOCK=block, num_warps=warps)
-    _quantize_chunks[(rows, chunks)](x, q, scale, part, M, K, x.stride(0), q.stride(0),
-                                     DIVISOR=448.0 if fp8 else 127.5, STATIC=static_scale is not None, FP8=fp8,
-                                     TINY=_TINY, CHUNKS=chunks, CHUNKS_P2=triton.next_power_of_2(chunks),
-                                     BLOCK=block, num_warps=warps)
+    static = static_scale is not None
+    _quantize_rows_stream[(min(programs, rows),)](
+        x, q, scale, static_scale.float() if static else scale, M, rows, K, x.stride(0), q.stride(0),
+        DIVISOR=448.0 if fp8 else 127.5, STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=triton.next_power_of_2(K),
+        num_warps=warps)
     return q, scale
 
 
