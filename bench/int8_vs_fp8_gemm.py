@@ -13,6 +13,9 @@ three code distributions:
 - ``uniform``: every code equally likely (the most bit toggling in the multipliers);
 - ``tiny``: codes in {-1, 0, 1} (almost none).
 
+``gluon`` rows: the same product through ``kernels/gluon_w8a8_mm.py`` (gaussian codes), whose
+``wgmma`` keeps one K step in flight for int8 too.
+
 If int8 is slower because the board hits its power limit, its time follows the data (``tiny``
 fast, ``uniform`` slow) and its samples show a lower SM clock with the power-cap reason set; if
 the code is slower, the time does not follow the data and the clocks are equal. cuBLAS
@@ -143,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--data", default="gaussian,uniform,tiny,cublas,gluon",
+                    help="which rows to run: code distributions, cublas, gluon")
     ap.add_argument("--points", default=",".join(f"{k}x{n}x{m}" for k, n, m in POINTS),
                     help="KxNxM,... (weight in x out features, rows)")
     a = ap.parse_args(argv)
@@ -171,8 +176,14 @@ def main(argv=None) -> int:
         fns["int8", "cublas"] = [lambda wi=wi: torch._int_mm(q8, wi.t()) for wi in w8]
         fns["fp8", "cublas"] = [lambda wi=wi: torch._scaled_mm(qf, wi.t(), one, one, out_dtype=torch.bfloat16)
                                 for wi in wf]
-        order = [("int8", "gaussian"), ("fp8", "gaussian"), ("int8", "uniform"), ("fp8", "uniform"),
+        from lowbit.kernels import gluon_w8a8_mm as glu
+        if glu.available():  # the Gluon kernel: same tiles, one K step's MMAs kept in flight
+            for kind, (q, w) in (("int8", (q8, w8)), ("fp8", (qf, wf))):
+                fns[kind, "gluon"] = [lambda q=q, wi=wi, s=s: glu.w8a8_mm_gluon(
+                    q, wi, xs, s, None, torch.empty(M, N, device="cuda", dtype=torch.bfloat16)) for wi, s in zip(w, ws)]
+        order = [(k, "gluon") for k in ("int8", "fp8") if (k, "gluon") in fns] + [("int8", "gaussian"), ("fp8", "gaussian"), ("int8", "uniform"), ("fp8", "uniform"),
                  ("int8", "tiny"), ("fp8", "tiny"), ("int8", "cublas"), ("fp8", "cublas")]
+        order = [o for o in order if o[1] in a.data.split(",")]
         for rnd in range(a.rounds):
             for kind, dist in order:
                 r = sustained(fns[kind, dist], a.seconds, sampler)

@@ -71,6 +71,11 @@ def candidates():
               Tiles(128, 128, 64, 6, 4)):
         out.append((f"tma {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}" + (" tail" if t.split_tail else ""),
                     ("tma", t)))
+    # the Gluon kernel (kernels/gluon_w8a8_mm.py): the same tiles with one K step's MMAs in flight
+    for t in (Tiles(128, 256, 128, 4, 8), Tiles(128, 256, 128, 3, 8), Tiles(128, 256, 64, 6, 8),
+              Tiles(128, 128, 128, 4, 4), Tiles(128, 256, 128, 4, 8, group_m=16)):
+        out.append((f"gluon {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}"
+                    + (f" g{t.group_m}" if t.group_m != 8 else ""), ("gluon", t)))
     return out
 
 
@@ -89,6 +94,11 @@ def gemm_fn(kind, cfg):
             waves = n_m * n_n // sms
             main = w.shape[0] if waves == 0 or n_m * n_n % sms == 0 else min(w.shape[0], waves * sms // n_m * cfg.block_n)
             return mm.int8_mm_tma(q, w, xs, ws, None, out, cfg, main=main)
+        if kind == "gluon":
+            from lowbit.kernels.gluon_w8a8_mm import w8a8_mm_gluon
+
+            return w8a8_mm_gluon(q, w, xs, ws, None, out, cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
+                                 cfg.warps, cfg.group_m)
         if kind == "intmm":  # the layer's path below FUSED_MIN_M: cuBLASLt int8 GEMM, Triton epilogue
             from lowbit.kernels.triton_act_quant import scale_int32
 
