@@ -73,9 +73,11 @@ def candidates():
                     ("tma", t)))
     # the Gluon kernel (kernels/gluon_w8a8_mm.py): the same tiles with one K step's MMAs in flight
     for t in (Tiles(128, 256, 128, 4, 8), Tiles(128, 256, 128, 3, 8), Tiles(128, 256, 64, 6, 8),
-              Tiles(128, 128, 128, 4, 4), Tiles(128, 256, 128, 4, 8, group_m=16)):
+              Tiles(128, 128, 128, 4, 4), Tiles(128, 256, 128, 4, 8, group_m=16),
+              Tiles(128, 256, 128, 4, 8, split_tail=True)):
         out.append((f"gluon {t.block_m}x{t.block_n}x{t.block_k} s{t.stages} w{t.warps}"
-                    + (f" g{t.group_m}" if t.group_m != 8 else ""), ("gluon", t)))
+                    + (f" g{t.group_m}" if t.group_m != 8 else "") + (" tail" if t.split_tail else ""), ("gluon", t)))
+    out.append(("shipped int8_mm_scaled", ("shipped", None)))  # whatever the layer's dispatch picks
     return out
 
 
@@ -97,8 +99,11 @@ def gemm_fn(kind, cfg):
         if kind == "gluon":
             from lowbit.kernels.gluon_w8a8_mm import w8a8_mm_gluon
 
+            main = mm.main_columns(q.shape[0], w.shape[0], cfg, mm.sm_count(q.device))
             return w8a8_mm_gluon(q, w, xs, ws, None, out, cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
-                                 cfg.warps, cfg.group_m)
+                                 cfg.warps, cfg.group_m, main=main)
+        if kind == "shipped":
+            return mm.int8_mm_scaled(q, w, xs, ws, None, torch.bfloat16)
         if kind == "intmm":  # the layer's path below FUSED_MIN_M: cuBLASLt int8 GEMM, Triton epilogue
             from lowbit.kernels.triton_act_quant import scale_int32
 

@@ -47,38 +47,31 @@ def mma_n(block_n: int, int8: bool) -> int:
 
 if _IMPORT_ERROR is None:
     @gluon.jit
-    def _w8a8_mm_gluon(a_desc, b_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
-                       HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                       MMA_N: gl.constexpr, INT8: gl.constexpr, num_warps: gl.constexpr):
+    def _stage(bufs, i, rows: gl.constexpr, HALF: gl.constexpr):
+        if HALF:
+            return bufs.index(i).slice(0, rows, dim=0)
+        else:
+            return bufs.index(i)
+
+    @gluon.jit
+    def _tile(a_desc, b_desc, a_bufs, b_bufs, ready, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+              off_m, off_n, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, MMA_N: gl.constexpr, INT8: gl.constexpr,
+              STORE_TPW_N: gl.constexpr, HALF: gl.constexpr, num_warps: gl.constexpr):
+        """One output tile: the K loop over ``STAGES`` shared-memory stages, then the scaled store.
+        ``HALF``: a half-width tile (``b_desc``'s rows) in the first rows of ``b_bufs``' stages."""
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-        MMA_K: gl.constexpr = 32  # 256 bits of 8-bit codes
-        # every warp takes 16 rows: a warpgroup 64 rows by all BLOCK_N columns
+        # every warp takes 16 rows: a warpgroup 64 rows by all BLOCK_N columns; K 32 codes per instruction
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                         instr_shape=[16, MMA_N, MMA_K])
-        pid = gl.program_id(0)
-        n_m = gl.cdiv(M, BLOCK_M)
-        n_n = gl.cdiv(N, BLOCK_N)
-        per_group = GROUP_M * n_n  # grouped order: GROUP_M row tiles share a column tile while it is in L2
-        first_m = (pid // per_group) * GROUP_M
-        rows_in_group = gl.minimum(n_m - first_m, GROUP_M)
-        off_m = (first_m + (pid % per_group) % rows_in_group) * BLOCK_M
-        off_n = ((pid % per_group) // rows_in_group) * BLOCK_N
-
-        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
+                                                         instr_shape=[16, MMA_N, 32])
         k_tiles = gl.cdiv(K, BLOCK_K)
         nbytes: gl.constexpr = (BLOCK_M + BLOCK_N) * BLOCK_K  # one byte per code
         for i in gl.static_range(STAGES - 1):  # the first STAGES - 1 K tiles in flight
             pred = i < k_tiles
             mbarrier.expect(ready.index(i), nbytes, pred=pred)
             _tma_load(a_desc, [off_m, i * BLOCK_K], ready.index(i), a_bufs.index(i), pred=pred)
-            _tma_load(b_desc, [off_n, i * BLOCK_K], ready.index(i), b_bufs.index(i), pred=pred)
-
+            _tma_load(b_desc, [off_n, i * BLOCK_K], ready.index(i), _stage(b_bufs, i, BLOCK_N, HALF), pred=pred)
         if INT8:
             acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=layout)
         else:
@@ -86,7 +79,7 @@ if _IMPORT_ERROR is None:
         for k in range(k_tiles):
             s = k % STAGES
             mbarrier.wait(ready.index(s), (k // STAGES) & 1)
-            acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma(a_bufs.index(s), _stage(b_bufs, s, BLOCK_N, HALF).permute((1, 0)), acc, is_async=True)
             # one step's MMAs stay in flight; the step before is done, so its stage can be refilled
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             nk = k + STAGES - 1
@@ -94,39 +87,90 @@ if _IMPORT_ERROR is None:
             pred = nk < k_tiles
             mbarrier.expect(ready.index(ns), nbytes, pred=pred)
             _tma_load(a_desc, [off_m, nk * BLOCK_K], ready.index(ns), a_bufs.index(ns), pred=pred)
-            _tma_load(b_desc, [off_n, nk * BLOCK_K], ready.index(ns), b_bufs.index(ns), pred=pred)
+            _tma_load(b_desc, [off_n, nk * BLOCK_K], ready.index(ns), _stage(b_bufs, ns, BLOCK_N, HALF), pred=pred)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(i))
 
+        # triton_int8_mm._store_scaled's arithmetic: (acc · s_x) · s_w (+ bias), no FMA contraction;
+        # the result then moves to rows of 16-byte pieces (coalesced stores) through shared memory
         offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
         offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
         rm = gl.where(offs_m < M, offs_m, 0)  # clamped: scale loads stay in bounds, stores are masked
         rn = gl.where(offs_n < N, offs_n, 0)
-        # triton_int8_mm._store_scaled's arithmetic: (acc · s_x) · s_w (+ bias), launched without FMA contraction
         y = acc.to(gl.float32) * gl.load(xs_ptr + rm)[:, None] * gl.load(ws_ptr + rn).to(gl.float32)[None, :]
         if HAS_BIAS:
             y = y + gl.load(bias_ptr + rn).to(gl.float32)[None, :]
-        out = out_ptr + offs_m[:, None].to(gl.int64) * stride_om + offs_n[None, :]
-        gl.store(out, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        store: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // STORE_TPW_N, STORE_TPW_N],
+                                               warps_per_cta=[num_warps, 1], order=[1, 0])
+        y = gl.convert_layout(y.to(out_ptr.dtype.element_ty), store)
+        sm = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store))
+        sn = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store))
+        out = out_ptr + sm[:, None].to(gl.int64) * stride_om + sn[None, :]
+        gl.store(out, y, mask=(sm[:, None] < M) & (sn[None, :] < N))
+
+    @gluon.jit
+    def _grouped(tile, n_m, n_n, GROUP_M: gl.constexpr):
+        # Grouped tile order: GROUP_M row tiles share each column tile while it is in L2.
+        per_group = GROUP_M * n_n
+        first_m = (tile // per_group) * GROUP_M
+        rows_in_group = gl.minimum(n_m - first_m, GROUP_M)
+        return first_m + (tile % per_group) % rows_in_group, (tile % per_group) // rows_in_group
+
+    @gluon.jit
+    def _w8a8_mm_gluon(a_desc, b_desc, b_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, N_MAIN, stride_om,
+                       HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, SPLIT_TAIL: gl.constexpr,
+                       MMA_N: gl.constexpr, MMA_N_HALF: gl.constexpr, INT8: gl.constexpr, num_warps: gl.constexpr):
+        # Programs [0, main) take BLOCK_N-wide tiles of columns [0, N_MAIN); with SPLIT_TAIL the rest
+        # take half-width tiles of [N_MAIN, N), in the first half of the same stage buffers.
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        pid = gl.program_id(0)
+        n_m = gl.cdiv(M, BLOCK_M)
+        n_main = gl.cdiv(N_MAIN, BLOCK_N)
+        if not SPLIT_TAIL:
+            pid_m, pid_n = _grouped(pid, n_m, n_main, GROUP_M)
+            _tile(a_desc, b_desc, a_bufs, b_bufs, ready, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+                  pid_m * BLOCK_M, pid_n * BLOCK_N, HAS_BIAS, STAGES, MMA_N, INT8, 32, False, num_warps)
+        elif pid < n_m * n_main:
+            pid_m, pid_n = _grouped(pid, n_m, n_main, GROUP_M)
+            _tile(a_desc, b_desc, a_bufs, b_bufs, ready, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+                  pid_m * BLOCK_M, pid_n * BLOCK_N, HAS_BIAS, STAGES, MMA_N, INT8, 32, False, num_warps)
+        else:
+            pid_m, pid_n = _grouped(pid - n_m * n_main, n_m, gl.cdiv(N - N_MAIN, BLOCK_N // 2), GROUP_M)
+            _tile(a_desc, b_half_desc, a_bufs, b_bufs, ready, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
+                  pid_m * BLOCK_M, N_MAIN + pid_n * (BLOCK_N // 2), HAS_BIAS, STAGES, MMA_N_HALF, INT8, 16, True,
+                  num_warps)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
 
 
 def w8a8_mm_gluon(q, w, xs, ws, bias, out, block_m: int = 128, block_n: int = 256, block_k: int = 128,
-                  stages: int = 4, warps: int = 8, group_m: int = 8) -> torch.Tensor:
-    """``triton_int8_mm.int8_mm_tma``'s product (whole tiles, K never split) through the Gluon
-    kernel; ``q (M, K)``, ``w (N, K)`` int8 or E4M3, row-major with 16-byte aligned rows."""
+                  stages: int = 4, warps: int = 8, group_m: int = 8, main: int | None = None) -> torch.Tensor:
+    """``triton_int8_mm.int8_mm_tma``'s product (K never split) through the Gluon kernel: ``q (M,
+    K)``, ``w (N, K)`` int8 or E4M3, row-major with 16-byte aligned rows; columns from ``main``
+    (default: all of them) in half-width tiles. ``block_n`` 256 (the stores assume 256 and 128)."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"this Triton has no Gluon: {_IMPORT_ERROR}")
     M, K = q.shape
     N = w.shape[0]
+    main = N if main is None else main
     int8 = q.dtype == torch.int8
     code = gl.int8 if int8 else gl.float8e4nv
     a_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], code)
     b_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k], code)
+    half_layout = gl.NVMMASharedLayout.get_default_for([block_n // 2, block_k], code)
     a_desc = TensorDescriptor(q, [M, K], [q.stride(0), 1], [block_m, block_k], a_layout)
     b_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [block_n, block_k], b_layout)
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
-    _w8a8_mm_gluon[grid](a_desc, b_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, out.stride(0),
-                         HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=group_m, MMA_N=mma_n(block_n, int8),
+    b_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [block_n // 2, block_k], half_layout)
+    n_m = triton.cdiv(M, block_m)
+    grid = (n_m * triton.cdiv(main, block_n) + n_m * triton.cdiv(N - main, block_n // 2),)
+    _w8a8_mm_gluon[grid](a_desc, b_desc, b_half_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, main,
+                         out.stride(0), HAS_BIAS=bias is not None, STAGES=stages, GROUP_M=group_m,
+                         SPLIT_TAIL=main < N, MMA_N=mma_n(block_n, int8), MMA_N_HALF=mma_n(block_n // 2, int8),
                          INT8=int8, num_warps=warps, enable_fp_fusion=False)
     return out

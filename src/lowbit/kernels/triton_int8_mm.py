@@ -31,6 +31,11 @@ Two kernels, one arithmetic:
   last to arrive adds them (exact) and applies the epilogue, so the result is unchanged.
 - ``_int8_mm_ptr``: pointer loads, autotuned per (M bucket, N, K); older GPUs and odd K. Call
   once outside a CUDA graph capture (the benchmark's warm-up does) before capturing.
+
+int8 products on the wide tiles with K not split go to the same kernel written in Gluon
+(``gluon_w8a8_mm``) where this Triton has it: Triton waits for every int32-accumulating MMA
+before issuing the next K step, Gluon lets one step stay in flight. ``LOWBIT_W8A8_GLUON=0``
+keeps them on the Triton kernel; a Gluon kernel that fails to build does so too, with a warning.
 """
 from __future__ import annotations
 
@@ -381,6 +386,37 @@ def _scaled_operands(q, w, x_scale, w_scale, dtype):
     return q, w, xs, ws, torch.empty(q.shape[0], w.shape[0], device=q.device, dtype=dtype)
 
 
+_GLUON = {"broken": os.environ.get("LOWBIT_W8A8_GLUON", "1") == "0"}
+
+
+def gluon_takes(q: torch.Tensor, N: int, tiles: Tiles, sms: int) -> bool:
+    """Whether an int8 product goes to the Gluon kernel: on a GPU (Gluon has no interpreter), the
+    wide tiles, K not split, Gluon importable and not turned off or found broken."""
+    if _GLUON["broken"] or INTERPRET or q.dtype != torch.int8 or tiles is not WIDE_TILES:
+        return False
+    if split_k_for(q.shape[0], N, q.shape[1], tiles, sms) > 1:
+        return False
+    from . import gluon_w8a8_mm
+
+    return gluon_w8a8_mm.available()
+
+
+def _gluon_int8(q, w, xs, ws, bias, out, tiles: Tiles, sms: int) -> torch.Tensor | None:
+    from . import gluon_w8a8_mm
+
+    try:
+        return gluon_w8a8_mm.w8a8_mm_gluon(q, w, xs, ws, bias, out, tiles.block_m, tiles.block_n, tiles.block_k,
+                                           tiles.stages, tiles.warps, tiles.group_m,
+                                           main=main_columns(q.shape[0], w.shape[0], tiles, sms))
+    except Exception as e:  # noqa: BLE001 - an experimental dialect: any build failure means "use Triton"
+        import warnings
+
+        _GLUON["broken"] = True
+        warnings.warn(f"lowbit: the Gluon int8 GEMM did not build ({type(e).__name__}: {str(e)[:200]}); "
+                      "using the Triton kernel", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
                    bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """``(q @ wᵀ) · x_scale · w_scaleᵀ (+ bias)`` in ``dtype``: ``q (M, K)``, ``w (N, K)`` int8;
@@ -388,7 +424,12 @@ def int8_mm_scaled(q: torch.Tensor, w: torch.Tensor, x_scale: torch.Tensor, w_sc
     q, w, xs, ws, out = _scaled_operands(q, w, x_scale, w_scale, dtype)
     if tma_supported(q, w):
         sms = sm_count(q.device)
-        return int8_mm_tma(q, w, xs, ws, bias, out, tma_tiles_for(q.shape[0], w.shape[0], sms), sms)
+        tiles = tma_tiles_for(q.shape[0], w.shape[0], sms)
+        if gluon_takes(q, w.shape[0], tiles, sms):
+            y = _gluon_int8(q, w, xs, ws, bias, out, tiles, sms)
+            if y is not None:
+                return y
+        return int8_mm_tma(q, w, xs, ws, bias, out, tiles, sms)
     return int8_mm_ptr(q, w, xs, ws, bias, out)
 
 
