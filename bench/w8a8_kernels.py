@@ -14,7 +14,9 @@ For each weight shape K×N (4096×14336, 8192×28672) and batch M (1, 16, 64, 25
 - ``int_mm`` / ``scaled_mm``: the bare GEMM on already quantized inputs (the rest of the layer's
   time is activation quantization and, for int8, the scaling epilogue).
 Every column is one CUDA graph replaying the op over enough weight copies that they do not stay
-in L2 (50 MB on an H100), timed with CUDA events, median of 7 replays. Correctness: the layer's
+in L2 (50 MB on an H100), timed with CUDA events, median of 7 replays; the columns are timed
+``--rounds`` times (3) in alternation and each reports the median of its rounds, since an H100
+running at its power cap changes clocks from moment to moment. Correctness: the layer's
 relative error (Frobenius) against a float64 product of the same quantized weights with the
 unquantized input, and against lowbit's CPU-side reference kernel on the same device (exact
 integers: only output rounding differs). Writes ``<out>/w8a8_kernels.json`` (rows as in
@@ -26,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -118,7 +121,7 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(K: int, N: int, M: int, layers, device) -> dict:
+def measure(K: int, N: int, M: int, layers, device, rounds: int = 1) -> dict:
     from lowbit.kernels.activations import fp8_per_token, int8_per_token
     from lowbit.kernels.reference_w8a8 import fp8_linear, w8a8_int8_linear
 
@@ -126,23 +129,29 @@ def measure(K: int, N: int, M: int, layers, device) -> dict:
     x = torch.randn(M, K, generator=g, device=device).bfloat16()
     row = {"timing": "graph" if device.type == "cuda" else "eager-cpu", "K": K, "N": N, "M": M,
            "group_size": -1}
-    row["bf16_us"] = timed([lambda w=w: F.linear(x, w) for w, _, _ in layers], device)
-    row["lowbit_w8a8_us"] = timed([lambda m=m: m(x) for _, m, _ in layers], device)
+    cols = {"bf16_us": [lambda w=w: F.linear(x, w) for w, _, _ in layers],
+            "lowbit_w8a8_us": [lambda m=m: m(x) for _, m, _ in layers]}
     q8, _ = int8_per_token(x)
     if device.type == "cuda" and M > 16:  # _int_mm's own limits (M > 16); the layer pads below that
-        row["int_mm_us"] = timed([lambda m=m: torch._int_mm(q8, m.weight_codes.t()) for _, m, _ in layers], device)
-    else:
-        row["int_mm_us"] = None
+        cols["int_mm_us"] = [lambda m=m: torch._int_mm(q8, m.weight_codes.t()) for _, m, _ in layers]
     fp8_ok = device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
-    row["lowbit_fp8_us"] = timed([lambda m=m: m(x) for _, _, m in layers], device) if fp8_ok else None
+    if fp8_ok:
+        cols["lowbit_fp8_us"] = [lambda m=m: m(x) for _, _, m in layers]
     if fp8_ok and device.type == "cuda" and M % 16 == 0:
         qf, sx = fp8_per_token(x)
         sx = sx.contiguous()
-        row["scaled_mm_us"] = timed([lambda m=m: torch._scaled_mm(
+        cols["scaled_mm_us"] = [lambda m=m: torch._scaled_mm(
             qf, m.weight_codes.t(), scale_a=sx, scale_b=m.weight_scale.float().reshape(1, -1),
-            out_dtype=torch.bfloat16) for _, _, m in layers], device)
-    else:
-        row["scaled_mm_us"] = None
+            out_dtype=torch.bfloat16) for _, _, m in layers]
+    # Columns alternate, round after round, and each reports its median: the board's clocks follow
+    # its power draw, so columns timed at different moments would otherwise compare different clocks.
+    times = {c: [] for c in cols}
+    for _ in range(rounds):
+        for c, fns in cols.items():
+            times[c].append(timed(fns, device))
+    for c in ("bf16_us", "lowbit_w8a8_us", "int_mm_us", "lowbit_fp8_us", "scaled_mm_us"):
+        row[c] = statistics.median(times[c]) if c in times else None
+    row["rounds_us"] = times
     # correctness, first copy
     w, w8, f8 = layers[0]
     ref8 = x.double() @ w8.dequantized_weight(torch.float64).t()
@@ -193,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=None)
     ap.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in kn.split("x")) for kn in s.split(",")],
                     default=None, help="weight shapes as KxN,KxN (default: the issue's 4096x14336,8192x28672)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times every column this many times, alternating, and reports medians (default 3)")
     ap.add_argument("--no-triton", action="store_true",
                     help="PyTorch ops for activation quantization and the int8 epilogue (no Triton kernels)")
     a = ap.parse_args(argv)
@@ -223,7 +234,7 @@ def main(argv=None) -> int:
         copies = 1 if device.type == "cpu" else max(1, min(4, math.ceil(L2_ROTATE_BYTES / weight_bytes)))
         layers = make_layers(K, N, copies, device, seed=K + N)
         for M in batches:
-            r = measure(K, N, M, layers, device)
+            r = measure(K, N, M, layers, device, a.rounds if device.type == "cuda" else 1)
             rows.append(r)
             log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
         del layers
