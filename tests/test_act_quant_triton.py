@@ -15,29 +15,25 @@ from triton_interpret import TRITON_PREIMPORTED, run_in_fresh_process  # first: 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from lowbit.kernels.triton_act_quant import quotient  # noqa: E402
 
 interpreted = pytest.mark.skipif(TRITON_PREIMPORTED, reason="Triton imported compiled-mode; see the fresh-process test")
-
-
-def _stream(x, static_scale, fp8, rows):
-    from lowbit.kernels.triton_act_quant import quantize_rows_stream
-
-    return quantize_rows_stream(x, static_scale, fp8, rows, programs=3)  # 8 rows: 3, 3 and 2 per program
 
 
 @interpreted
 @pytest.mark.parametrize("K", [300, 4100])  # one block kept in registers; two passes over 2048-wide blocks
 @pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("kernel", ["rows", "stream"])
-def test_int8_codes_and_scales_equal_the_pytorch_path(K, static, kernel):
+def test_int8_codes_and_scales_equal_the_pytorch_path(K, static):
     from lowbit.kernels.activations import int8_per_token
     from lowbit.kernels.triton_act_quant import quantize_rows
 
     g = torch.Generator().manual_seed(K + static)
     x = (torch.randn(5, K, generator=g) * torch.rand(5, 1, generator=g) * 4).bfloat16()
     static_scale = torch.tensor(0.01) if static else None  # static: outliers past the range clamp
-    q, scale = (quantize_rows if kernel == "rows" else _stream)(x, static_scale, fp8=False, rows=8)
+    q, scale = quantize_rows(x, static_scale, fp8=False, rows=8)
     q_ref, scale_ref = int8_per_token(x, static_scale)
     assert q.shape == (8, K) and scale.shape == (8, 1)
     assert torch.equal(q[:5], q_ref)
@@ -45,6 +41,35 @@ def test_int8_codes_and_scales_equal_the_pytorch_path(K, static, kernel):
     assert (q[5:] == 0).all()  # padding rows for the GEMM: zero codes
     if static:
         assert (q_ref.abs() == 127).any() or (q_ref == -128).any()  # the clamp was exercised
+
+
+@triton.jit
+def _quotient_kernel(x_ptr, s_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x, s = tl.load(x_ptr + offs), tl.load(s_ptr + offs)
+    tl.store(out_ptr + offs, quotient(x, s, tl.math.div_rn(1.0, s)))
+
+
+@interpreted
+def test_quotient_is_the_ieee_division():
+    """``quotient`` (a reciprocal per row, then two FMA corrections) against float32 division on
+    4M pairs: random magnitudes, quotients a hair from half-integers (where a wrong last bit
+    changes the code), and significands of all ones (the reciprocal's worst case)."""
+    g = torch.Generator().manual_seed(0)
+    n = 1 << 20
+    s = torch.exp2(torch.randint(-40, 10, (n,), generator=g).float()) * (1 + torch.rand(n, generator=g))
+    x_random = torch.randn(n, generator=g) * s * 60
+    k = torch.randint(-300, 300, (n,), generator=g).float() + 0.5  # quotients next to k + 1/2
+    x_half = (k * s) * (1 + (torch.rand(n, generator=g) - 0.5) * 2 ** -21)
+    ones = torch.tensor(1.99999988079071044921875)  # 2 - 2^-23: every significand bit set
+    s_ones = ones * torch.exp2(torch.randint(-30, 5, (n,), generator=g).float())
+    x_ones = ones * torch.exp2(torch.randint(-20, 14, (n,), generator=g).float()) * torch.sign(torch.randn(n, generator=g))
+    xs = torch.cat([x_random, x_half, x_ones, x_half.roll(1)])
+    ss = torch.cat([s, s, s_ones, s])
+    out = torch.empty_like(xs)
+    _quotient_kernel[(xs.numel() // n,)](xs, ss, out, BLOCK=n)
+    want = (xs / ss).clamp(-512, 512)
+    assert torch.equal(out.clamp(-512, 512), want), int((out.clamp(-512, 512) != want).sum())
 
 
 @pytest.mark.skipif(not TRITON_PREIMPORTED, reason="ran in this process")

@@ -28,14 +28,29 @@ LONG_ROW_BLOCK = 2048
 
 
 @triton.jit
-def int8_codes(x, scale):
+def quotient(x, scale, inv):
+    """``x / scale`` rounded to nearest, the IEEE division's result, for ``inv = 1 / scale``
+    rounded to nearest (one division per row, not per value): ``x·inv`` is within two units in
+    the last place of the quotient, each FMA correction ``q + (x - q·scale)·inv`` (the residual
+    exact in the FMA) halves the distance, and from within one unit the correction lands on the
+    correctly rounded quotient (Markstein's theorem), hence two. Five instructions against the
+    division's sequence with its range check. ``x·inv`` is clamped to ±512 first so that an
+    overflowing product (static scales) stays finite; every caller clamps below that."""
+    q = tl.minimum(tl.maximum(x * inv, -512.0), 512.0)
+    q = tl.fma(tl.fma(-q, scale, x), inv, q)
+    return tl.fma(tl.fma(-q, scale, x), inv, q)
+
+
+@triton.jit
+def int8_codes(x, scale, inv):
     """``round(x / scale)`` clamped to [-128, 127] (as int32), as ``kernels/activations.quantize_int8``
-    computes it: an IEEE division, then round half to even by adding and subtracting 1.5·2^23
-    (exact for |y| < 2^22, which the first clamp guarantees; Triton's CPU interpreter has no
-    ``rint``, so the same arithmetic runs in CI and on the GPU)."""
-    y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -256.0), 256.0)
-    r = (y + 12582912.0) - 12582912.0
-    return tl.minimum(tl.maximum(r, -128.0), 127.0).to(tl.int32)
+    computes it: the IEEE quotient (``quotient``), then round half to even by adding 1.5·2^23
+    (exact for |y| < 2^22, which the first clamp guarantees), whose low bits are then the integer:
+    no float-to-int conversion (a quarter-rate instruction). Triton's CPU interpreter has no
+    ``rint``; this arithmetic runs the same in CI and on the GPU."""
+    y = tl.minimum(tl.maximum(quotient(x, scale, inv), -256.0), 256.0)
+    r = (y + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+    return tl.minimum(tl.maximum(r, -128), 127)
 
 
 @triton.jit
@@ -51,11 +66,12 @@ def scaled_rows(acc, sx, sw_ptr, b_ptr, rn, n_mask, HAS_BIAS: tl.constexpr):
 
 @triton.jit
 def _codes(x, scale, FP8: tl.constexpr):
+    inv = tl.math.div_rn(1.0, scale)
     if FP8:
-        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        y = tl.minimum(tl.maximum(quotient(x, scale, inv), -448.0), 448.0)
         q = y.to(tl.float8e4nv, fp_downcast_rounding="rtne")
     else:
-        q = int8_codes(x, scale).to(tl.int8)
+        q = int8_codes(x, scale, inv).to(tl.int8)
     return q
 
 
@@ -89,45 +105,6 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
             mask = k0 + offs < K
             x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=k0 + offs < k_read, other=0.0).to(tl.float32)
             tl.store(q_ptr + row * stride_q + k0 + offs, _codes(x, scale, FP8), mask=mask)
-
-
-@triton.jit
-def _quantize_rows_stream(x_ptr, q_ptr, s_ptr, static_ptr, M, ROWS, K, stride_x, stride_q,
-                          DIVISOR: tl.constexpr, STATIC: tl.constexpr, FP8: tl.constexpr, TINY: tl.constexpr,
-                          BLOCK: tl.constexpr):
-    """``_quantize_rows`` with fewer programs than rows: program p takes rows p, p + G, ... (G
-    programs), each row read once into registers, the next row's load issued before this row's
-    reduction and stores so that its latency overlaps them."""
-    pid, G = tl.program_id(0), tl.num_programs(0)
-    offs = tl.arange(0, BLOCK)
-    x_next = tl.load(x_ptr + pid.to(tl.int64) * stride_x + offs, mask=offs < tl.where(pid < M, K, 0), other=0.0)
-    for row in range(pid, ROWS, G):
-        x = x_next.to(tl.float32)
-        nxt = row + G
-        x_next = tl.load(x_ptr + tl.cast(nxt, tl.int64) * stride_x + offs, mask=offs < tl.where(nxt < M, K, 0), other=0.0)
-        if STATIC:
-            scale = tl.load(static_ptr).to(tl.float32)
-        else:
-            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), DIVISOR), TINY)
-        tl.store(s_ptr + row, scale)
-        tl.store(q_ptr + tl.cast(row, tl.int64) * stride_q + offs, _codes(x, scale, FP8), mask=offs < K)
-
-
-def quantize_rows_stream(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None,
-                         programs: int = 264, warps: int = 16):
-    """``quantize_rows`` through ``_quantize_rows_stream`` with ``programs`` programs (rows up to
-    16384 values, kept in registers); same codes and scales."""
-    M, K = x.shape
-    rows = max(rows or M, M)
-    x = x if x.stride(1) == 1 else x.contiguous()
-    q = torch.empty(rows, K, device=x.device, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
-    scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
-    static = static_scale is not None
-    _quantize_rows_stream[(min(programs, rows),)](
-        x, q, scale, static_scale.float() if static else scale, M, rows, K, x.stride(0), q.stride(0),
-        DIVISOR=448.0 if fp8 else 127.5, STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=triton.next_power_of_2(K),
-        num_warps=warps)
-    return q, scale
 
 
 def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool, rows: int | None = None):

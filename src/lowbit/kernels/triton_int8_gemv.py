@@ -75,6 +75,7 @@ def _int8_gemv_kernel(
     n_mask = rn < N
     m_mask = rm < M
     scale = _token_scales(x_ptr, static_ptr, rm, m_mask, K, stride_xm, BM, XBLOCK, STATIC)
+    inv = tl.math.div_rn(tl.full((BM,), 1.0, tl.float32), scale)  # one division per row (int8_codes)
     first, last = split_tiles(K, BK, SPLIT_K, pid_k)
     acc = tl.zeros((BM, BN, BW), tl.int32)
     rw0 = tl.arange(0, BW)
@@ -86,7 +87,7 @@ def _int8_gemv_kernel(
         rk = rw[:, None] * 4 + byte[None, :]                                       # (BW, 4)
         x = tl.load(x_ptr + rm[:, None, None] * stride_xm + rk[None, :, :],
                     mask=m_mask[:, None, None] & (rk < K)[None, :, :], other=0.0)
-        q = int8_codes(x.to(tl.float32), scale[:, None, None]) & 0xFF
+        q = int8_codes(x.to(tl.float32), scale[:, None, None], inv[:, None, None]) & 0xFF
         xw = tl.sum(q << (8 * byte)[None, None, :], axis=2)                       # (BM, BW)
         acc = _dp4a(tl.broadcast_to(words[None, :, :], (BM, BN, BW)),
                     tl.broadcast_to(xw[:, None, :], (BM, BN, BW)), acc, USE_PTX)
