@@ -24,7 +24,7 @@ interpreted = pytest.mark.skipif(TRITON_PREIMPORTED, reason="Triton imported com
 
 
 @interpreted
-@pytest.mark.parametrize("K", [300, 4100])  # one block kept in registers; two passes over 2048-wide blocks
+@pytest.mark.parametrize("K", [300, 4100, 16400])  # one block kept in registers (two sizes); two passes over 2048-wide blocks
 @pytest.mark.parametrize("static", [False, True])
 def test_int8_codes_and_scales_equal_the_pytorch_path(K, static):
     from lowbit.kernels.activations import int8_per_token

@@ -2,12 +2,14 @@
 passes over memory) by one pass.
 
 - ``quantize_rows``: per-token (or static) activation quantization, int8 or E4M3: one program
-  per row; a row of up to 4096 values is read once and kept in registers, a longer one is read
+  per row; a row of up to 16384 values is read once and kept in registers, a longer one is read
   in blocks of 2048, once for the absmax and once to write the codes (the second read mostly
   from L2). The arithmetic is
   kernels/activations.py's (IEEE divisions ``amax / 127.5`` and ``x / scale`` in float32 — Triton's
   plain ``/`` compiles to an approximate division on NVIDIA GPUs — round half to even, clamp;
-  E4M3 by the saturating round-to-nearest-even conversion), so the codes equal PyTorch's.
+  E4M3 by the saturating round-to-nearest-even conversion), so the codes equal PyTorch's; the
+  per-value quotient is computed without a division (``quotient``), which is what made the pass
+  fast: it had been bound by instructions, not memory.
 - ``scale_int32``: the int8 GEMM's epilogue, ``acc · s_x · s_wᵀ (+ bias)`` from int32 to the
   output dtype in one pass (PyTorch takes four: cast, two products, cast), without fused
   multiply-adds, so each product and the sum round as PyTorch's separate ops do.
@@ -19,11 +21,14 @@ import triton
 import triton.language as tl
 
 _TINY = torch.finfo(torch.float32).tiny
-ONE_BLOCK_MAX = 4096  # rows up to this long are read once and kept in registers
-# Longer rows (down_proj's 14336) in blocks of 2048 with 16 warps: on an H100 that measured 8.2 /
-# 25.4 / 78.9 µs at M = 256 / 1024 / 4096, against 10.6 / 29.5 / 84.9 in blocks of 4096 with 8
-# warps and 9.2 / 28.4 / 95.4 keeping the whole row in registers (bench/act_quant_sweep.py,
-# bench/results/act_quant_sweep.md; codes equal in every configuration).
+ONE_BLOCK_MAX = 16384  # rows up to this long are read once and kept in registers
+# With the per-value division (before 2026-11-24 23:30) the pass was bound by instructions, and
+# down_proj's rows of 14336 went fastest in two passes over blocks of 2048 (25.4 µs at M = 1024,
+# bench/results/act_quant_sweep.md). With ``quotient`` the whole row in registers is fastest: on an
+# H100 7.0 / 19.5 / 35.2 / 66.0 µs at M = 256 / 1024 / 2048 / 4096 against 7.7 / 26.1 / 47.0 /
+# 82.3 for the blocks, and rows of 4096 with 4 warps 6.7 / 18.8 µs at M = 1024 / 4096 against 7.2
+# / 19.6 with 8 (bench/act_quant_sweep.py, bench/results/act_quant_sweep-quotient.md, codes equal
+# to PyTorch's). Rows over 16384 values keep the two passes.
 LONG_ROW_BLOCK = 2048
 
 
@@ -121,7 +126,7 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool,
     block = triton.next_power_of_2(K) if one_block else LONG_ROW_BLOCK
     _quantize_rows[(rows,)](x, q, scale, ptr, M, K, x.stride(0), q.stride(0), DIVISOR=448.0 if fp8 else 127.5,
                          STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block, ONE_BLOCK=one_block,
-                         num_warps=(8 if block >= 2048 else 4) if one_block else 16)
+                         num_warps=(8 if block > 4096 else 4) if one_block else 16)
     return q, scale
 
 
