@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_us  # noqa: E402
 from run_record import record  # noqa: E402
 
-SHAPES = [(14336, (256, 512, 1024, 2048, 4096)), (4096, (256, 1024, 4096))]
+SHAPES = [(14336, (256, 512, 1024, 2048, 4096)), (8192, (256, 1024, 4096)), (4096, (256, 1024, 4096))]
 BLOCKS = (1024, 2048, 4096, 8192, 16384)
 WARPS = (4, 8, 16)
 
