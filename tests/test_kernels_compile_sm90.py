@@ -1,4 +1,5 @@
-"""The kernels with inline PTX (half2 GEMV, pairs, frag, int8 GEMV) compile for the H100 (sm_90), no GPU.
+"""The kernels with inline PTX (half2 GEMV, pairs, frag, int8 GEMV) and the W8A8 kernels launched
+with PDL compile for the H100 (sm_90), no GPU.
 
 CI has no GPU, and the interpreter runs an emulation instead of the inline assembly, so a PTX
 typo or a Triton API change would only show on the GPU machine. Triton compiles for a named
@@ -105,6 +106,30 @@ SCRIPT = textwrap.dedent('''
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     report["int8_gemv"] = {"dp4a": k.asm["ptx"].count("dp4a.s32.s32"),
                            "cubin_bytes": len(k.asm["cubin"])}
+
+    # the W8A8 input pass and the TMA GEMM after it, launched with PDL: the grid dependency
+    # control reaches the compiled code (the pass: wait, then let the GEMM launch; the GEMM: wait)
+    from lowbit.kernels import triton_act_quant as aq, triton_int8_mm as mm
+    import triton.language as tl
+    sig = {"x_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "static_ptr": "*fp32", "M": "i32", "K": "i32",
+           "stride_x": "i32", "stride_q": "i32"}
+    consts = dict(DIVISOR=127.5, STATIC=False, FP8=False, TINY=aq._TINY, BLOCK=16384, ONE_BLOCK=True, PDL=True)
+    sig.update({c: "constexpr" for c in consts})
+    k = triton.compile(triton.compiler.ASTSource(fn=aq._quantize_rows, signature=sig, constexprs=consts),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    report["act_quant_pdl"] = {"wait": k.asm["ptx"].count("griddepcontrol.wait"),
+                               "launch": k.asm["ptx"].count("griddepcontrol.launch_dependents"),
+                               "cubin_bytes": len(k.asm["cubin"])}
+    sig = {"q_desc": "tensordesc<i8[128, 128]>", "w_desc": "tensordesc<i8[256, 128]>",
+           "w_half_desc": "tensordesc<i8[128, 128]>", "xs_ptr": "*fp32", "ws_ptr": "*bf16", "bias_ptr": "*fp32",
+           "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "N_MAIN": "i32", "stride_om": "i32"}
+    consts = dict(HAS_BIAS=False, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, SPLIT_TAIL=True,
+                  ACC=tl.int32, PDL=True)
+    sig.update({c: "constexpr" for c in consts})
+    k = triton.compile(triton.compiler.ASTSource(fn=mm._int8_mm_tma, signature=sig, constexprs=consts),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 4})
+    report["int8_mm_pdl"] = {"wait": k.asm["ptx"].count("griddepcontrol.wait"), "launch": 0,
+                             "cubin_bytes": len(k.asm["cubin"])}
     print(json.dumps(report))
 ''')
 
@@ -124,6 +149,8 @@ def test_inline_ptx_kernels_compile_for_sm90_with_their_packed_instructions():
     for name, r in report.items():  # the inline assembly is in the compiled kernel
         if name == "int8_gemv":
             assert r["dp4a"] >= 1, (name, r)
+        elif name.endswith("_pdl"):
+            assert r["wait"] >= 1 and r["launch"] >= (1 if name == "act_quant_pdl" else 0), (name, r)
         elif name.startswith("pairs"):
             assert r["lop3"] >= 4 and r["prmt"] >= 4 and r["fma_packed"] >= 8, (name, r)
         elif name == "frag":

@@ -20,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_layout import pdl_launch
+from .triton_pdl import gdc_launch_dependents, gdc_wait
+
 _TINY = torch.finfo(torch.float32).tiny
 ONE_BLOCK_MAX = 16384  # rows up to this long are read once and kept in registers
 # With the per-value division (before 2026-11-24 23:30) the pass was bound by instructions, and
@@ -83,7 +86,10 @@ def _codes(x, scale, FP8: tl.constexpr):
 @triton.jit
 def _quantize_rows(x_ptr, q_ptr, s_ptr, static_ptr, M, K, stride_x, stride_q,
                    DIVISOR: tl.constexpr, STATIC: tl.constexpr, FP8: tl.constexpr, TINY: tl.constexpr,
-                   BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
+                   BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    if PDL:  # x is the previous kernel's output; the GEMM after this pass may launch meanwhile
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     k_read = tl.where(row < M, K, 0)  # rows past M are padding for the GEMM: read nothing, zero codes
     offs = tl.arange(0, BLOCK)
@@ -126,7 +132,7 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None, fp8: bool,
     block = triton.next_power_of_2(K) if one_block else LONG_ROW_BLOCK
     _quantize_rows[(rows,)](x, q, scale, ptr, M, K, x.stride(0), q.stride(0), DIVISOR=448.0 if fp8 else 127.5,
                          STATIC=static, FP8=fp8, TINY=_TINY, BLOCK=block, ONE_BLOCK=one_block,
-                         num_warps=(8 if block > 4096 else 4) if one_block else 16)
+                         num_warps=(8 if block > 4096 else 4) if one_block else 16, **pdl_launch(x))
     return q, scale
 
 

@@ -31,13 +31,9 @@ import triton
 import triton.language as tl
 
 from .triton_layout import inline_ptx_ok, pdl_launch
+from .triton_pdl import gdc_launch_dependents, gdc_wait
 from .triton_splitk import SplitOutput, split_tiles, store_result
 from .triton_xhalf2 import CHUNK, TARGET_EXP_JIT, pair_bits, x_half2, x_pairs
-
-try:  # grid dependency control (Triton 3.3+); only compiled in when PDL is on
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # pragma: no cover - older Triton: pdl_ok() is false there
-    gdc_launch_dependents = gdc_wait = None
 
 _DEQUANT_PTX = tl.constexpr("""
 {

@@ -51,6 +51,8 @@ try:  # host-side TMA descriptors (Triton ≥ 3.3)
 except ImportError:  # pragma: no cover - older Triton: pointer kernel only
     TensorDescriptor = None
 
+from .triton_layout import pdl_launch
+from .triton_pdl import gdc_wait
 from .triton_splitk import split_counters, split_tiles
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -135,9 +137,12 @@ def _tma_tile(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride
 @triton.jit
 def _int8_mm_tma(q_desc, w_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, N_MAIN, stride_om,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_TAIL: tl.constexpr, ACC: tl.constexpr):
+                 GROUP_M: tl.constexpr, SPLIT_TAIL: tl.constexpr, ACC: tl.constexpr, PDL: tl.constexpr = False):
     # Programs [0, main) take BLOCK_N-wide tiles of columns [0, N_MAIN); with SPLIT_TAIL the rest
-    # take half-width tiles of [N_MAIN, N).
+    # take half-width tiles of [N_MAIN, N). PDL: launched while the input pass drains; its codes
+    # and scales are read only after it has finished.
+    if PDL:
+        gdc_wait()
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
     n_main = tl.cdiv(N_MAIN, BLOCK_N)
@@ -159,9 +164,11 @@ def _int8_mm_tma(q_desc, w_desc, w_half_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr,
 def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
                             HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
-                            ACC: tl.constexpr):
+                            ACC: tl.constexpr, PDL: tl.constexpr = False):
     # Tiles in grouped order, program p taking p, p + NUM_PROGRAMS, ...; the tile loop and the K
     # loop are flattened into one software pipeline, so loads run ahead across tile boundaries.
+    if PDL:
+        gdc_wait()
     n_m = tl.cdiv(M, BLOCK_M)
     n_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -179,11 +186,14 @@ def _int8_mm_tma_persistent(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, M
 @triton.jit
 def _int8_mm_tma_splitk(q_desc, w_desc, xs_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K,
                         stride_om, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACC: tl.constexpr):
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACC: tl.constexpr,
+                        PDL: tl.constexpr = False):
     # Program (tile, s) sums K tiles [first, last) of its output tile into a slice part[s] (int32;
     # float32 for E4M3); the last split to arrive at the tile (its arrival counter) adds the slices
     # in split order — for int8 the one-pass accumulator exactly, for E4M3 a fixed order, so
     # repeatable — and applies the epilogue, then resets the counter for the next call.
+    if PDL:
+        gdc_wait()
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
     pid_m, pid_n = _tile_coords(pid, n_m, tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -275,14 +285,15 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
             q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, part, counters, M, N, K,
             out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_K=split, ACC=acc, num_stages=tiles.stages,
-            num_warps=tiles.warps)
+            num_warps=tiles.warps, **pdl_launch(q))
         return out
     if tiles.persistent:
         programs = min(sms, triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n))
         _int8_mm_tma_persistent[(programs,)](
             q_desc, w_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, out.stride(0),
             HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-            GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, ACC=acc, num_stages=tiles.stages, num_warps=tiles.warps)
+            GROUP_M=tiles.group_m, NUM_PROGRAMS=programs, ACC=acc, num_stages=tiles.stages, num_warps=tiles.warps,
+            **pdl_launch(q))
         return out
     n_main = main_columns(M, N, tiles, sms) if main is None else main
     w_half_desc = TensorDescriptor(w, [N, K], [w.stride(0), 1], [tiles.block_n // 2, tiles.block_k])
@@ -291,7 +302,7 @@ def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
     _int8_mm_tma[grid](q_desc, w_desc, w_half_desc, xs, ws, bias if bias is not None else xs, out, M, N, K, n_main,
                        out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
                        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, SPLIT_TAIL=n_main < N, ACC=acc,
-                       num_stages=tiles.stages, num_warps=tiles.warps)
+                       num_stages=tiles.stages, num_warps=tiles.warps, **pdl_launch(q))
     return out
 
 
