@@ -5,7 +5,9 @@
 Measures a device-to-device copy (the bandwidth ceiling), then for each weight shape K×N and
 batch M times bf16 ``F.linear``, ``torch._weight_int4pack_mm`` (g128), gemlite 0.6 W4A16 (asym
 g128, if importable), and lowbit's Triton W4A16 (asym g128) and W8A16 (sym per-channel) through
-the CUDA dispatch. Every column is timed twice:
+the CUDA dispatch, and the W8A8 layers (int8 and E4M3 dynamic per-token, per-channel weights, as a
+model runs them: input pass + GEMM; ``bench/w8a8_kernels.py``'s layers) beside the bare
+``torch._int_mm`` and ``torch._scaled_mm`` on already quantized inputs. Every column is timed twice:
 - ``graph``: replayed from a CUDA graph, the op repeated over enough weight copies that they do
   not fit in L2 (so the weights stream from HBM, as in a real model's decode step);
 - ``eager``: ``triton.testing.do_bench`` (L2 flushed between calls, Python launch included).
@@ -189,6 +191,10 @@ def bench_shape(k: int, n: int, copy_tbps: float, have_gemlite: bool, rows: list
     w8_64 = w8[0].dequantized_weight(torch.float64)
     tiny = [int4pack(codes, scale, zero)] + [int4pack(*make_codes(n, k, seed=k + n + i))
                                              for i in range(1, copies_w4)]
+    from w8a8_kernels import make_layers  # (bf16, W8A8Linear, FP8Linear) triples
+
+    a8 = make_layers(k, n, copies_w8, torch.device("cuda"), seed=k + n)
+    a8_64 = [m.dequantized_weight(torch.float64) for m in a8[0][1:]]
     gem = None
     if have_gemlite:
         try:
@@ -211,6 +217,21 @@ def bench_shape(k: int, n: int, copy_tbps: float, have_gemlite: bool, rows: list
         }
         if gem is not None:
             cols["gemlite_w4a16_us"] = ([lambda gl=gl: gl(x) for gl in gem], ref4)
+        # W8A8: the reference multiplies the dequantized weights by the unquantized input, so these
+        # errors include the activations' quantization (int8 ~1e-2, E4M3 ~3e-2)
+        from lowbit.kernels.activations import fp8_per_token, int8_per_token
+
+        cols["lowbit_w8a8_us"] = ([lambda m=m: m(x) for _, m, _ in a8], x.double() @ a8_64[0].T)
+        cols["lowbit_fp8_us"] = ([lambda m=m: m(x) for _, _, m in a8], x.double() @ a8_64[1].T)
+        if m > 16:  # _int_mm's own limit; the int8 layer pads below it
+            q8, s8 = int8_per_token(x)
+            cols["int_mm_us"] = ([lambda a=a: torch._int_mm(q8, a[1].weight_codes.t()) for a in a8], None)
+        if m % 16 == 0:  # _scaled_mm's
+            qf, sf = fp8_per_token(x)
+            sf = sf.contiguous()
+            cols["scaled_mm_us"] = ([lambda a=a: torch._scaled_mm(
+                qf, a[2].weight_codes.t(), scale_a=sf, scale_b=a[2].weight_scale.float().reshape(1, -1),
+                out_dtype=torch.bfloat16) for a in a8], None)
         graph_row = {"timing": "graph", "K": k, "N": n, "M": m, "group_size": GROUP}
         eager_row = dict(graph_row, timing="eager")
         errs = {}
@@ -219,7 +240,8 @@ def bench_shape(k: int, n: int, copy_tbps: float, have_gemlite: bool, rows: list
                 with torch.no_grad():
                     out = fns[0]()  # also tunes lowbit's dispatch for this bucket
                     torch.cuda.synchronize()
-                    errs[name.replace("_us", "")] = float((out.double() - ref).norm() / ref.norm())
+                    if ref is not None:  # (the bare int8/E4M3 GEMMs have no reference of their own)
+                        errs[name.replace("_us", "")] = float((out.double() - ref).norm() / ref.norm())
                     est = rough_us(fns[0])
                     graph_row[name] = graph_us(fns, est)
                     eager_row[name] = eager_us(fns[0])
@@ -235,24 +257,24 @@ def bench_shape(k: int, n: int, copy_tbps: float, have_gemlite: bool, rows: list
                     chosen[bits] = cfg.label()
                     chosen[bits + "_candidates_us"] = {
                         lbl: round(v, 2) for lbl, v in TUNE_LOG.get(key, {}).items()}
-        lowbit_errs = [v for c, v in errs.items() if c.startswith("lowbit")]
+        lowbit_errs = [v for c, v in errs.items() if c in ("lowbit_w4a16", "lowbit_w8a16")]
         for row in (graph_row, eager_row):
             row.update({
                 "floor_us": floor, "floor8_us": floor8,
-                "lowbit_w8a8_us": None, "lowbit_fp8_us": None, "scaled_mm_us": None,
-                "int_mm_us": None,
                 "max_rel_err": max(lowbit_errs) if lowbit_errs else None,
                 "rel_err": errs, "lowbit_kernel": chosen,
             })
-            row.setdefault("gemlite_w4a16_us", None)
+            for col in ("gemlite_w4a16_us", "lowbit_w8a8_us", "lowbit_fp8_us", "scaled_mm_us", "int_mm_us"):
+                row.setdefault(col, None)
         rows += [graph_row, eager_row]
         g = graph_row
         log(f"  M={m:5d} graph bf16 {fmt(g.get('bf16_us'))} int4pack {fmt(g.get('int4pack_us'))} "
             f"gemlite {fmt(g.get('gemlite_w4a16_us'))} lowbit-w4 {fmt(g.get('lowbit_w4a16_us'))} "
-            f"lowbit-w8 {fmt(g.get('lowbit_w8a16_us'))} floor {floor:.1f} | "
+            f"lowbit-w8 {fmt(g.get('lowbit_w8a16_us'))} w8a8 {fmt(g.get('lowbit_w8a8_us'))} "
+            f"fp8 {fmt(g.get('lowbit_fp8_us'))} floor {floor:.1f} | "
             f"err {max(lowbit_errs) if lowbit_errs else float('nan'):.2e} | "
             f"{chosen.get('w4a16')} / {chosen.get('w8a16')}")
-    del w4, w8, wbf, tiny, gem
+    del w4, w8, wbf, tiny, gem, a8
     torch.cuda.empty_cache()
 
 
@@ -292,14 +314,17 @@ def render_markdown(d: dict) -> str:
         "- floor: 4-bit weights + bf16 scale and zero per 128 + activations, read once at the copy "
         "ceiling. ×bf16 = bf16 time / lowbit time. err: max relative error of the lowbit columns vs "
         "a float64 dequantize-then-matmul reference (per-column errors in the JSON)",
-        "- lowbit columns go through the CUDA dispatch; the kernel it chose is in the last column",
+        "- lowbit columns go through the CUDA dispatch; the W4 kernel it chose is in its column",
+        "- W8A8 / FP8: lowbit's int8 and E4M3 layers (dynamic per-token inputs, per-channel weights; "
+        "input pass + GEMM), `_int_mm` / `_scaled_mm` the bare GEMMs on already quantized inputs; "
+        "their errors (against the unquantized input, so with the inputs' rounding) are in the JSON",
         "",
     ]
     for timing in ("graph", "eager"):
         lines += [f"## timing = {timing} (µs)", "",
                   "| K×N | M | bf16 | int4pack | gemlite W4 | lowbit W4 | ×bf16 | % floor | lowbit W8 "
-                  "| ×bf16 | err | W4 kernel |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| ×bf16 | err | W4 kernel | W8A8 | ×bf16 | `_int_mm` | FP8 | ×bf16 | `_scaled_mm` |",
+                  "|" + " --- |" * 18]
         for r in d["rows"]:
             if r["timing"] != timing:
                 continue
@@ -310,7 +335,9 @@ def render_markdown(d: dict) -> str:
             lines.append(
                 f"| {r['K']}×{r['N']} | {r['M']} | {f(b)} | {f(r.get('int4pack_us'))} | "
                 f"{f(r.get('gemlite_w4a16_us'))} | {f(w4)} | {ratio(b, w4)} | {floor} | {f(w8)} | "
-                f"{ratio(b, w8)} | {err} | {r.get('lowbit_kernel', {}).get('w4a16', '')} |")
+                f"{ratio(b, w8)} | {err} | {r.get('lowbit_kernel', {}).get('w4a16', '')} | "
+                f"{f(r.get('lowbit_w8a8_us'))} | {ratio(b, r.get('lowbit_w8a8_us'))} | {f(r.get('int_mm_us'))} | "
+                f"{f(r.get('lowbit_fp8_us'))} | {ratio(b, r.get('lowbit_fp8_us'))} | {f(r.get('scaled_mm_us'))} |")
         lines.append("")
     if d.get("notes"):
         lines += ["## notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
