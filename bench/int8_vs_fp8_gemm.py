@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import capture_graph  # noqa: E402
 from run_record import record  # noqa: E402
 
 POINTS = [(8192, 28672, 4096), (4096, 14336, 4096), (14336, 4096, 1024), (8192, 28672, 1024)]
@@ -111,21 +112,8 @@ def codes(kind: str, shape, dist: str, gen) -> torch.Tensor:
 def sustained(fns: list, seconds: float, sampler: Sampler) -> dict:
     """Replays one graph of ``fns`` back to back for about ``seconds``; µs per call (median of
     the replays) with the clock and power samples of that window."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
     inner = 10
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            for f in fns:
-                f()
-    graph.replay()
-    torch.cuda.synchronize()
+    graph = capture_graph(fns, inner)
     sampler.start()
     times, t0 = [], time.perf_counter()
     while time.perf_counter() - t0 < seconds:

@@ -66,10 +66,9 @@ def log(*a):
 
 # ------------------------------------------------------------------ timing
 
-def graph_us(fns: list, est_us: float) -> float:
-    """Median µs per call: one CUDA graph runs every fn in ``fns`` (distinct weight copies)
-    ``inner`` times; replayed several times, timed with events."""
-    inner = max(1, min(50, int(3000 / max(est_us * len(fns), 1.0))))
+def capture_graph(fns: list, inner: int) -> "torch.cuda.CUDAGraph":
+    """One CUDA graph running every fn in ``fns`` ``inner`` times, warmed up on a side stream
+    (as capture requires) and replayed once."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -84,6 +83,14 @@ def graph_us(fns: list, est_us: float) -> float:
                 f()
     graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def graph_us(fns: list, est_us: float) -> float:
+    """Median µs per call: one CUDA graph runs every fn in ``fns`` (distinct weight copies)
+    ``inner`` times; replayed several times, timed with events."""
+    inner = max(1, min(50, int(3000 / max(est_us * len(fns), 1.0))))
+    graph = capture_graph(fns, inner)
     times = []
     for _ in range(7):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
