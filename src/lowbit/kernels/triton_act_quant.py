@@ -39,10 +39,10 @@ LONG_ROW_BLOCK = 2048
 def quotient(x, scale, inv):
     """``x / scale`` rounded to nearest, the IEEE division's result, for ``inv = 1 / scale``
     rounded to nearest (one division per row, not per value): ``x·inv`` is within two units in
-    the last place of the quotient, each FMA correction ``q + (x - q·scale)·inv`` (the residual
-    exact in the FMA) halves the distance, and from within one unit the correction lands on the
-    correctly rounded quotient (Markstein's theorem), hence two. Five instructions against the
-    division's sequence with its range check. ``x·inv`` is clamped to ±512 first so that an
+    the last place of the quotient; an FMA correction ``q + (x - q·scale)·inv`` (the residual
+    exact in the FMA) brings it within one unit, and from within one unit a second lands on the
+    correctly rounded quotient (Markstein's theorem). Five instructions against the division's
+    sequence with its range check. ``x·inv`` is clamped to ±512 first so that an
     overflowing product (static scales) stays finite; every caller clamps below that."""
     q = tl.minimum(tl.maximum(x * inv, -512.0), 512.0)
     q = tl.fma(tl.fma(-q, scale, x), inv, q)
