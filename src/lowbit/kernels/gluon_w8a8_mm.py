@@ -7,7 +7,7 @@ step's tensor-core work to finish before it issues the next one, and its tensor 
 between; the E4M3 GEMM on the same tiles keeps one step in flight. On an H100 that left int8 at
 1234 TOPS against E4M3's 1290 sustained under the board's power cap, and further behind in short
 bursts (``bench/int8_vs_fp8_gemm.py``, ``bench/results/int8_vs_fp8_gemm.md``); this kernel took
-the int8 GEMM 3–34% faster in the sweep (``bench/results/w8a8-tile-sweep-gluon.md``). Gluon exposes the
+the int8 GEMM 2–34% faster in the sweep (``bench/results/w8a8-tile-sweep-gluon.md``). Gluon exposes the
 wait (``warpgroup_mma_wait(num_outstanding=1)``), so here one K step's MMAs run while the next
 step's are issued, as for E4M3.
 
