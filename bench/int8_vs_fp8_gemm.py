@@ -2,8 +2,10 @@
 
     PYTHONPATH=src python3 bench/int8_vs_fp8_gemm.py --out $OUT
 
-Both GEMMs are the same Triton TMA kernel (``kernels/triton_int8_mm.py``; int32 accumulators for
-int8, float32 for E4M3) on the same tiles. For each weight shape and M, each kind runs as a CUDA
+The int8 and E4M3 rows go through the shipped dispatch (``int8_mm_scaled`` / ``fp8_mm_scaled`` in
+``kernels/triton_int8_mm.py``): until 2026-11-24 23:05 both the same Triton TMA kernel (int32
+accumulators for int8, float32 for E4M3) on the same tiles, since then int8 on the wide tiles
+through the Gluon kernel (``kernels/gluon_w8a8_mm.py``, with the tail rule). For each weight shape and M, each kind runs as a CUDA
 graph replayed back to back for about ``--seconds`` while ``nvidia-smi`` samples the SM clock, the
 power draw and the active clock-event (throttle) reasons every 50 ms. Kinds alternate (int8,
 E4M3, int8, E4M3, ...) so that drift in temperature or clocks hits both alike, and each runs on
@@ -13,8 +15,8 @@ three code distributions:
 - ``uniform``: every code equally likely (the most bit toggling in the multipliers);
 - ``tiny``: codes in {-1, 0, 1} (almost none).
 
-``gluon`` rows: the same product through ``kernels/gluon_w8a8_mm.py`` (gaussian codes), whose
-``wgmma`` keeps one K step in flight for int8 too.
+``gluon`` rows: the same product through ``kernels/gluon_w8a8_mm.py`` called directly, whole
+tiles without the tail rule (gaussian codes); its ``wgmma`` keeps one K step in flight for int8 too.
 
 If int8 is slower because the board hits its power limit, its time follows the data (``tiny``
 fast, ``uniform`` slow) and its samples show a lower SM clock with the power-cap reason set; if
