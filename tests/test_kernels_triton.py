@@ -328,7 +328,7 @@ PAIRS_FORMATS = [f for f in FORMATS if f.bits == 4] + [FormatSpec(bits=4, sym=Tr
 @in_this_process
 @pytest.mark.parametrize("spec", PAIRS_FORMATS, ids=lambda s: s.label().replace(" ", "-"))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (17, 1)])
+@pytest.mark.parametrize("m,split", [(1, 1), (3, 3), (17, 1), (33, 2)])  # 33: three batch tiles, K split
 def test_pairs_matches_float64_with_codes_in_input_order(spec, dtype, m, split):
     # Per-channel K = 200: 64-input tiles 64, 64, 64, 8 (a partial last tile), which three splits
     # share as 2, 2 and none (an empty split must add nothing). Grouped formats: K = 384, six

@@ -150,11 +150,14 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
 
 # The packed-pair tensor-core kernel (4-bit, scales in the input dtype), the configs that won
 # somewhere in bench/gemv_sweep.py on the H100 (bench/results/gemv-sweep-pairs*.json): (rows per
-# program, split-K, warps, stages) for batches up to 64; (rows, batch columns, warps) above.
-# Computing out = x·W^T instead (the weight tile the dot's shared-memory operand, no register
-# shuffle through shared memory) measured slower at every batch but one (gemv-sweep-pairs-xfirst).
+# program, split-K, warps, stages) for batches up to 64; (rows, batch columns, warps, split-K)
+# above. Computing out = x·W^T instead (the weight tile the dot's shared-memory operand, no
+# register shuffle through shared memory) measured slower at every batch but one
+# (gemv-sweep-pairs-xfirst). Split K at 128-256 rows: layers with few output rows and long K
+# (down_proj's 14336×4096: 64 programs of 64 rows on 132 SMs) left half the GPU idle.
 PAIRS_SMALL = ((64, 1, 4, 4), (64, 4, 4, 4), (128, 2, 8, 3), (128, 4, 8, 3))
-PAIRS_LARGE = {256: ((64, 128, 4), (128, 128, 8)), 4096: ((128, 256, 8),)}
+PAIRS_LARGE = {256: ((64, 128, 4, 1), (128, 128, 8, 1), (64, 128, 4, 2), (64, 128, 4, 4)),
+               4096: ((128, 256, 8, 1),)}
 
 
 # The fragment-ordered tensor-core kernel (4-bit, scales in the input dtype): per batch bucket,
@@ -197,8 +200,8 @@ def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
     if b <= 64:
         return [KernelConfig("pairs", block_n=bn, block_m=max(16, b), split_k=s, num_warps=w,
                              num_stages=st) for bn, s, w, st in PAIRS_SMALL]
-    return [KernelConfig("pairs", block_n=bn, block_m=bm, num_warps=w, num_stages=3)
-            for bn, bm, w in PAIRS_LARGE[256 if b <= 256 else 4096]]
+    return [KernelConfig("pairs", block_n=bn, block_m=bm, split_k=s, num_warps=w, num_stages=3)
+            for bn, bm, w, s in PAIRS_LARGE[256 if b <= 256 else 4096]]
 
 
 def default_config(m: int, bits: int = 4) -> KernelConfig:
