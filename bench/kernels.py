@@ -386,8 +386,8 @@ def main():
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "copy_tbps": copy_tbps,
            "w4_format": "int4 asym g128 (bf16 scales, int zeros)",
            "w8_format": "int8 sym per-channel (bf16 scales)",
-           "command": env_prefix() + "PYTHONPATH=src:.whl/gemlite-0.6.0.post2 python3 "
-                      "bench/kernels.py --out $OUT",
+           "command": env_prefix() + "PYTHONPATH=src:.whl/gemlite-0.6.0.post2 python3 bench/kernels.py"
+                      + ("" if args.shapes == "all" else f" --shapes {args.shapes}") + " --out $OUT",
            "notes": notes, "rows": []}
     t0 = time.time()
     for k, n in shapes:

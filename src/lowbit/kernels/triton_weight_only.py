@@ -138,6 +138,9 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=128, block_m=64, num_warps=4, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
+            # K split, for layers with few output rows and long K (as in PAIRS_LARGE)
+            KernelConfig("planes", block_n=64, block_m=128, split_k=2, num_warps=4, num_stages=4),
+            KernelConfig("planes", block_n=64, block_m=128, split_k=4, num_warps=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
             KernelConfig("dequant"),
         ] + pairs_configs(b, bits)
