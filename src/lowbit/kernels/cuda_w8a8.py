@@ -116,7 +116,7 @@ def fused_linear(x2: torch.Tensor, codes: torch.Tensor, weight_scale: torch.Tens
     and widens it in the epilogue."""
     fp8 = codes.dtype == torch.float8_e4m3fn
     mm = _triton_modules()[1]
-    if fp8 and not mm.tma_supported(codes, codes):  # weight rows the copy engine cannot address
+    if fp8 and not (mm.tma_device(codes.device) and mm.tma_rows(codes)):
         return fp8_scaled_mm(x2, codes, weight_scale, input_scale, bias)
     q, x_scale = quantize_input(x2, input_scale, fp8=fp8)
     return (mm.fp8_mm_scaled if fp8 else mm.int8_mm_scaled)(q, codes, x_scale, weight_scale, bias, x2.dtype)

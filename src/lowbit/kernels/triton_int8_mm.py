@@ -258,11 +258,14 @@ def tma_device(device: torch.device) -> bool:
     return INTERPRET or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
+def tma_rows(t: torch.Tensor) -> bool:
+    """Whether the copy engine can address ``t``'s rows: contiguous, 16-byte aligned."""
+    return t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
+
+
 def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:
-    """Hopper or newer, and rows the copy engine can address (16-byte aligned)."""
-    if not tma_device(q.device):
-        return False
-    return all(t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (q, w))
+    """Hopper or newer, and rows the copy engine can address (``tma_rows``)."""
+    return tma_device(q.device) and tma_rows(q) and tma_rows(w)
 
 
 def int8_mm_tma(q, w, xs, ws, bias, out, tiles: Tiles, sms: int | None = None,
