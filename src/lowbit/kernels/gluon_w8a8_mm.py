@@ -110,8 +110,8 @@ if _IMPORT_ERROR is None:
 
     @gluon.jit
     def _grouped(tile, n_m, n_n, GROUP_M: gl.constexpr):
-        # triton_int8_mm._tile_coords in Gluon (which cannot call Triton functions): grouped tile
-        # order, GROUP_M row tiles sharing each column tile while it is in L2.
+        # triton_int8_mm._tile_coords, written in Gluon's dialect: grouped tile order, GROUP_M row
+        # tiles sharing each column tile while it is in L2.
         per_group = GROUP_M * n_n
         first_m = (tile // per_group) * GROUP_M
         rows_in_group = gl.minimum(n_m - first_m, GROUP_M)
