@@ -13,6 +13,9 @@ The paths:
 - ``frag`` (opt-in, ``LOWBIT_FRAG_LAYOUT=1``): 4-bit from batch 2, tensor cores on a
   fragment-ordered second copy of the codes made once per layer (``triton_mma_frag``), which
   doubles the GPU memory of the layer's codes, hence off unless asked for;
+- ``gluon`` (Hopper, 4-bit, bf16): from batch 128, a Gluon kernel that dequantizes each K step
+  into shared memory beside TMA-loaded inputs and keeps one step's ``wgmma`` in flight
+  (``gluon_w4a16_mm``; checkpoint layout, no copy);
 - ``dequant``: dequantize the whole weight once per call (``triton_dequant``), then cuBLAS via
   ``F.linear``, which can win at large batch where the product, not the weight read, dominates.
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import gluon_w4a16_mm
 from .dispatch import tuning_allowed
 from .triton_dequant import dequantize
 from .triton_gemv import gemv
@@ -45,7 +49,7 @@ from .triton_mma_planes import mma_planes
 @dataclass(frozen=True)
 class KernelConfig:
     path: str                 # "gemv" | "gemv_planes" | "gemv_half2" | "mma" | "planes" | "pairs" |
-                              # "frag" | "dequant"
+                              # "frag" | "gluon" | "dequant"
     block_n: int = 64
     block_m: int = 16
     block_k: int = 128        # cap; the tile is also limited to divide the group size
@@ -134,7 +138,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
     if b <= 256:
-        return frag_configs(b, bits) + [
+        return frag_configs(b, bits) + gluon_configs(b, bits) + [
             KernelConfig("planes", block_n=128, block_m=64, num_warps=4, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
@@ -144,7 +148,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
             KernelConfig("dequant"),
         ] + pairs_configs(b, bits)
-    return frag_configs(b, bits) + pairs_configs(b, bits) + [
+    return frag_configs(b, bits) + gluon_configs(b, bits) + pairs_configs(b, bits) + [
         KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
         KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
         KernelConfig("dequant"),
@@ -196,6 +200,21 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
                          num_warps=w, num_stages=st) for bn, bk, s, st, w in FRAG[key]]
 
 
+# The Gluon kernel (4-bit, Hopper, bf16): (weight rows, batch rows, stages, warps), the two configs
+# that won in bench/w4a16_gluon_sweep.py on the H100 (bench/results/w4a16-gluon-sweep.md): two
+# warpgroups sharing a 256-row batch tile (the dequantization, paid per weight tile, spread over
+# the most MMA work), or one warpgroup on 128 × 128 (two programs per SM).
+GLUON = ((128, 256, 4, 8), (128, 128, 4, 4))
+
+
+def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
+    """``gluon`` configs for batch bucket ``b`` (4-bit, from 128 rows, where Gluon builds)."""
+    if bits != 4 or b < 128 or not gluon_w4a16_mm.available():
+        return []
+    return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, num_warps=w,
+                         num_stages=st) for bn, bm, st, w in GLUON]
+
+
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
     """``pairs`` configs for batch bucket ``b`` (4-bit only; none at batch 1)."""
     if bits != 4 or b == 1:
@@ -239,6 +258,13 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
             raise ValueError("the frag path takes 4-bit codes, groups of 64k and scales in the "
                              "input dtype")
         return mma_frag(x2, layout, *frag_copies(layout, x2.dtype), bias, cfg)
+    if cfg.path == "gluon":
+        if not x2.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+            raise ValueError("the gluon path runs on a GPU only (Gluon has no interpreter)")
+        if not gluon_w4a16_mm.gluon_w4_fits(layout, x2):
+            x2 = x2.contiguous()  # a batch with other strides than the tuned one's
+        return gluon_w4a16_mm.w4a16_mm_gluon(x2, layout, bias, cfg.block_n, cfg.block_m, cfg.num_stages,
+                                             warps=cfg.num_warps)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")

@@ -1,0 +1,133 @@
+"""The Gluon W4A16 GEMM (kernels/gluon_w4a16_mm.py): it builds for the H100 as the dispatch launches
+it, with one K step's MMAs in flight and none serialized by ptxas, and the dispatch offers it where
+it should.
+
+Gluon has no interpreter, so the kernel's arithmetic is checked on the GPU: ``bench/w4a16_gluon_sweep.py``
+compares every config with a float64 dequantize-then-matmul reference (and ``bench/kernels.py``'s
+correctness column covers what the dispatch picks). The dequantization is the ``pairs`` kernel's PTX,
+whose emulation CI runs (test_kernels_triton.py). Here the kernel is compiled for sm_90 without a
+GPU in a fresh process, as in test_kernels_compile_sm90.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent('''
+    import glob, json, os, re, subprocess, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon import language as gl
+    from lowbit.kernels import gluon_w4a16_mm as g
+    from lowbit.kernels.triton_weight_only import GLUON
+
+    ptxas = sorted(glob.glob(os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas*")))
+    report = {}
+    for bn, bm, stages, warps in GLUON:
+        wl = repr(gl.NVMMASharedLayout.get_default_for([bn, g.WORDS], gl.int32))
+        xl = repr(gl.NVMMASharedLayout.get_default_for([bm, g.BLOCK_K], gl.bfloat16))
+        sig = {"w_desc": f"tensordesc<i32[{bn}, {g.WORDS}],{wl}>", "x_desc": f"tensordesc<bf16[{bm}, {g.BLOCK_K}],{xl}>",
+               "s_ptr": "*bf16", "z_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32",
+               "K": "i32", "group": "i32", "stride_sn": "i32", "stride_zn": "i32", "stride_om": "i32"}
+        consts = {"WL": g._word_layout(bn, warps), "HAS_ZERO": True, "HAS_BIAS": True, "STAGES": stages,
+                  "GROUP_M": 8, "num_warps": warps}
+        sig.update({c: "constexpr" for c in consts})
+        names = list(sig)
+        attrs = {(names.index(n),): [["tt.divisibility", 16]]
+                 for n in ("s_ptr", "z_ptr", "bias_ptr", "out_ptr", "K", "N", "stride_om")}
+        src = GluonASTSource(fn=g._w4a16_mm_gluon, signature=sig, constexprs=consts, attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        ptx = k.asm["ptx"]
+        notes = ""
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "k.ptx")
+            open(path, "w").write(ptx)
+            for exe in ptxas:  # ptxas's own report: spills, serialized wgmma (C7511/C7515)
+                done = subprocess.run([exe, "-v", "--gpu-name=sm_90a", path, "-o", path + ".o"],
+                                      capture_output=True, text=True)
+                if done.returncode == 0:
+                    notes = done.stdout + done.stderr
+                    break
+        report[f"n{bn}m{bm}w{warps}"] = {
+            "mma": sorted(set(re.findall(r"wgmma\\.mma_async\\.sync\\.aligned\\.([\\w.]+)", ptx))),
+            "waits": sorted(set(re.findall(r"wgmma\\.wait_group\\.sync\\.aligned (\\d+)", ptx))),
+            "prmt": ptx.count("prmt.b32"), "fma_bf16x2": ptx.count("fma.rn.bf16x2"),
+            "fence": ptx.count("fence.proxy.async"), "smem": k.metadata.shared, "ptxas": notes,
+            "cubin_bytes": len(k.asm["cubin"])}
+    print(json.dumps(report))
+''')
+
+
+def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
+    from lowbit.kernels import gluon_w4a16_mm
+
+    if not gluon_w4a16_mm.available():
+        pytest.skip("this Triton has no Gluon")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+        pytest.skip("this Triton build ships no ptxas")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["n128m256w8"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report
+    assert report["n128m128w4"]["mma"] == ["m64n128k16.f32.bf16.bf16"], report
+    for r in report.values():
+        assert "1" in r["waits"], r               # one K step's MMAs stay in flight
+        assert r["prmt"] > 0 and r["fma_bf16x2"] > 0, r  # the packed dequantization reached the PTX
+        assert r["fence"] > 0, r                  # the stored tile is fenced for the async proxy
+        assert r["smem"] <= 227 * 1024 and r["cubin_bytes"] > 0, r
+        if r["ptxas"]:
+            assert "Performance Loss" not in r["ptxas"], r["ptxas"]  # no serialized wgmma
+            assert "0 bytes spill stores" in r["ptxas"], r["ptxas"]
+
+
+def test_dispatch_offers_gluon_to_4_bit_layers_above_64_rows():
+    from lowbit.kernels import gluon_w4a16_mm
+    from lowbit.kernels.triton_weight_only import GLUON, candidates
+
+    if not gluon_w4a16_mm.available():
+        pytest.skip("this Triton has no Gluon")
+    for m in (1, 2, 16, 64):
+        assert "gluon" not in {c.path for c in candidates(m, 4)}
+    for m in (65, 128, 256, 1000, 4096):  # the batch buckets from 128
+        cfgs = [c for c in candidates(m, 4) if c.path == "gluon"]
+        assert [(c.block_n, c.block_m, c.num_stages, c.num_warps) for c in cfgs] == list(GLUON)
+        assert "gluon" not in {c.path for c in candidates(m, 8)}
+
+
+def test_gluon_path_refuses_what_it_cannot_run():
+    from lowbit.algorithms.quantized_weight import QuantizedWeight
+    from lowbit.formats import FormatSpec
+    from lowbit.kernels import gluon_w4a16_mm as g
+    from lowbit.kernels.triton_layout import WeightLayout
+    from lowbit.kernels.triton_weight_only import KernelConfig, run_config
+    from lowbit.modules import QuantLinear
+
+    codes = torch.randint(0, 16, (128, 256), dtype=torch.uint8)
+    scale = torch.rand(128, 2).bfloat16() * 0.01 + 0.001
+    zero = torch.randint(0, 16, (128, 2), dtype=torch.int32)
+    layer = QuantLinear.from_quantized(QuantizedWeight(codes, scale, zero, FormatSpec(bits=4, sym=False, group_size=128)))
+    layout = WeightLayout.of(layer)
+    x = torch.randn(4, 256).bfloat16()
+    assert g.gluon_w4_fits(layout, x)
+    assert not g.gluon_w4_fits(layout, x.half())              # float16 inputs: the Triton kernels
+    assert not g.gluon_w4_fits(layout, torch.randn(256, 4).bfloat16().t())  # columns not contiguous
+    with pytest.raises(ValueError, match="GPU only"):         # no interpreter: never on the CPU
+        run_config(x, layout, None, KernelConfig("gluon", block_n=128, block_m=128, block_k=64, num_warps=4))
+    with pytest.raises(ValueError, match="weight rows"):
+        g.w4a16_mm_gluon(x, layout, None, block_n=96)
+    g64 = QuantLinear.from_quantized(QuantizedWeight(codes, torch.rand(128, 8).bfloat16(),
+                                                     torch.zeros(128, 8, dtype=torch.int32),
+                                                     FormatSpec(bits=4, sym=False, group_size=32)))
+    assert not g.gluon_w4_fits(WeightLayout.of(g64), x)       # groups smaller than a K step
