@@ -6,8 +6,9 @@ lowbit's tuned dispatch, at the large batches where weight-only layers must keep
 
 Conditions are bench/kernels.py's: int4 asym g128 codes (bf16 scales, int zeros), CUDA-graph
 replays cycling through weight copies larger than L2, median of 7 replays. Each Gluon config is
-first checked against a float64 dequantize-then-matmul reference (relative Frobenius error) and
-against the dispatch's output; a config that fails to build is reported, not timed. The columns
+first run three times and checked against a float64 dequantize-then-matmul reference (relative
+Frobenius error) and for repeatability (equal outputs); a config that fails either, or to build, is
+reported, not timed. The columns
 are interleaved per point (bf16, dispatch, every config), so clock and power drift hit them alike.
 Writes ``<out>/w4a16_gluon_sweep.json`` and ``.md``; prints the table last.
 """
@@ -27,8 +28,8 @@ from kernels import GROUP, L2_ROTATE_BYTES, graph_us, import_lowbit, lowbit_w4, 
 from run_record import record  # noqa: E402
 
 # (block_n, block_m, stages, group_m, warps)
-CONFIGS = [(256, 128, 4, 8, 8), (256, 128, 6, 8, 8), (128, 256, 4, 8, 8), (256, 64, 6, 8, 8), (128, 128, 4, 8, 4),
-           (256, 128, 4, 16, 8), (128, 128, 6, 8, 8), (256, 128, 3, 8, 8)]
+CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 256, 4, 16, 8), (128, 128, 4, 8, 8),
+           (128, 128, 6, 8, 8), (128, 64, 6, 8, 8)]
 
 
 def label(c) -> str:
@@ -69,17 +70,21 @@ def main():
                 for c in configs:
                     name = label(c)
                     try:
-                        out = g.w4a16_mm_gluon(x, layouts[0], None, *c)
+                        # three calls: a kernel racing on its registers gives call-to-call varying results
+                        outs = [g.w4a16_mm_gluon(x, layouts[0], None, *c) for _ in range(3)]
                         torch.cuda.synchronize()
-                        row["rel_err"][name] = float((out.double() - ref).norm() / ref.norm())
+                        out = outs[0]
+                        row["rel_err"][name] = max(float((o.double() - ref).norm() / ref.norm()) for o in outs)
+                        row.setdefault("repeatable", {})[name] = all(torch.equal(o, out) for o in outs)
                         row.setdefault("max_abs_vs_dispatch", {})[name] = float((out.float() - base.float()).abs().max())
                         cols[name] = [lambda lay=lay, c=c: g.w4a16_mm_gluon(x, lay, None, *c) for lay in layouts]
                     except Exception as e:  # noqa: BLE001 - report and go on
                         notes.append(f"{name} K={k} N={n} M={m}: {type(e).__name__}: {str(e)[-300:]}")
                         traceback.print_exc()
                 for name, fns in cols.items():
-                    if name.startswith("gluon") and row["rel_err"][name] > 1e-2:
-                        notes.append(f"{name} K={k} N={n} M={m}: wrong (rel err {row['rel_err'][name]:.2e}), not timed")
+                    if name.startswith("gluon") and (row["rel_err"][name] > 1e-2 or not row["repeatable"][name]):
+                        notes.append(f"{name} K={k} N={n} M={m}: wrong (rel err {row['rel_err'][name]:.2e}, "
+                                     f"repeatable {row['repeatable'][name]}), not timed")
                         continue
                     row["us"][name] = graph_us(fns, rough_us(fns[0]))
             best = min((v, c) for c, v in row["us"].items() if c.startswith("gluon")) if any(

@@ -1,22 +1,36 @@
 """4-bit weight-only GEMM in Gluon for Hopper at large batches, on the checkpoint layout.
 
 ``out^T = W · x^T`` as the Triton tensor-core kernels compute it (the weight tile is the MMA's
-first operand):
+first operand), but with the weight tile fed to ``wgmma`` straight from registers and the inputs'
+tile from shared memory, so the dequantization never goes through shared memory:
 
 - TMA brings each K step's inputs ``(BM, 64)`` and the codes' words ``(BN, 8)`` (the checkpoint's
   int32 words, 8 codes each, least significant first) into ``STAGES`` shared-memory stages;
-- each thread dequantizes whole words: one shift, four ``prmt`` and four ``lop3`` give four bf16
-  pairs ``(128 + q, 128 + q')``, four packed FMAs subtract ``128 + zero`` (exact) and four multiply
-  by the row's scale (one rounding: the reference's bits; ``triton_mma_pairs`` explains the trick);
-- the bf16 tile goes to one of two shared-memory buffers and ``wgmma`` reads both operands from
-  shared memory; ``warpgroup_mma_wait(num_outstanding=1)`` keeps one step's MMAs running while the
-  next step's tile is dequantized into the other buffer.
+- each thread reads, for the two rows it holds in the A fragment (``r`` and ``r + 8`` of its
+  warp's 16), all eight words of the step, and keeps byte ``c`` of each (``c`` = lane % 4): byte
+  ``c`` of word ``w`` holds inputs ``8w + 2c`` and ``8w + 2c + 1``, exactly the pair that lane owns
+  in the fragment (``wgmma``'s A layout: lane ``4r + c`` holds inputs ``2c, 2c+1, 2c+8, 2c+9`` of
+  every 16). The four lanes of a quad read the same words (shared-memory broadcast);
+- per pair one shift, one ``prmt`` (the byte beside itself shifted by 4), one ``lop3`` (the pair
+  ``(128 + q, 128 + q')`` in bfloat16, ``triton_mma_pairs`` explains the trick), one packed FMA
+  subtracting ``128 + zero`` (exact) and one multiplying by the scale (one rounding: the
+  reference's bits);
+- the pairs tensor is laid out so that splitting it into halves and joining them gives exactly
+  ``wgmma``'s register-operand layout (``_pair_layout``; the conversion is a no-op, which
+  ``tests/test_gluon_w4a16_mm.py`` checks in the compiled code);
+- ``warpgroup_mma_wait(num_outstanding=1)``: one step's MMAs run while the next step's weights
+  are dequantized. An MMA reads its register operand while in flight, and neither the compiler nor
+  ptxas keeps those registers from being rewritten meanwhile: with the K loop as written (one
+  operand carried round the loop) the next step's tile landed in the registers of the MMA still
+  running, and 128×256 tiles computed garbage on the H100. So the loop is unrolled by two: each
+  step's operand has its own registers, written again only after the wait that retired the MMA
+  reading them (``tests/test_gluon_w4a16_mm.py`` checks the two register sets in the SASS).
 
-Why not the register operand (``wgmma`` with A in registers, as Machete does): an MMA reads its
-registers while in flight, and neither Gluon's dependency list nor ptxas kept them from being
-reused for the next step's tile; on the H100 the 128×256 tiles gave garbage with one MMA in
-flight and were exact with none, and with none the kernel ran at 0.6–0.7× bf16 (the dequantization
-serialized with the MMAs; ``bench/results/w4a16-gluon-sweep-rs.md``).
+Measured against the alternative of dequantizing into shared memory and feeding both operands
+from there (``bench/results/w4a16-gluon-sweep.md``): 3–20% faster at 256–4096 rows. Against the
+same kernel with no dequantization at all (the MMAs and data movement alone, which run at bf16
+``F.linear``'s speed) the dequantization still costs 25–35% at large batches: it runs in the MMA
+warps and is only partly hidden behind the step in flight.
 
 Scales are in bfloat16 like the activations (float16 is left to the Triton kernels), zero points
 int32 or symmetric (8), one group per K step (groups a multiple of 64, or per channel). Compiles
@@ -28,13 +42,11 @@ import torch
 import triton
 
 from .gluon_w8a8_mm import available  # noqa: F401 - re-exported: the same Gluon import decides
-from .triton_mma_pairs import BF16_MAGIC, packed_dequant_ptx
 
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                                   warpgroup_mma_wait)
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from .gluon_w8a8_mm import _grouped, _tma_load
     _IMPORT_ERROR = None
@@ -45,17 +57,37 @@ BLOCK_K = 64     # inputs per K step: eight int32 words of codes per row
 WORDS = BLOCK_K // 8
 
 
-# the pairs kernel's per-word PTX: $4 a word, $5 -(128 + zero) and $6 the scale as bf16 pairs
-_PTX_WORD = packed_dequant_ptx(("$5",) * 4, ("$6",) * 4, **BF16_MAGIC)
+def _pair_layout(warps: int, block_n: int):
+    """The layout of the ``(BN, 8 words, 4 bytes)`` pairs tensor: lane ``4r + c`` of warp ``v``
+    holds byte ``c`` of every word of rows ``r`` and ``r + 8`` of each 16-row block ``v + warps·i``.
+    Merging the last two axes (pair ``j = 4w + c``), then splitting each pair into its two 16-bit
+    halves (the new fastest axis), gives ``wgmma``'s A-operand layout for ``(BN, 64)`` 16-bit
+    inputs, k_width 2: registers [half, row + 8, k + 8, k + 16, k + 32, row + 16·warps, ...], lanes
+    [k + 2, k + 4, row + 1, + 2, + 4], warps [row + 16, + 32, ...]."""
+    rows_per_pass = 16 * warps
+    return gl.DistributedLinearLayout(
+        reg_bases=[[8, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]]
+        + [[rows_per_pass << i, 0, 0] for i in range((block_n // rows_per_pass).bit_length() - 1)],
+        lane_bases=[[0, 0, 1], [0, 0, 2], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        warp_bases=[[16 << i, 0, 0] for i in range(warps.bit_length() - 1)],
+        block_bases=[], shape=[block_n, WORDS, 4])
+
+
+# $1 a word, $2 prmt's selector for byte c, $3 -(128 + zero) and $4 the scale, each as a bf16 pair
+_PTX_PAIR = """{
+.reg .b32 t, p, one, nz;
+mov.b32 one, 0x3f803f80;
+mov.b32 nz, 0x80008000;
+shr.u32 t, $1, 4;
+prmt.b32 p, $1, t, $2;
+lop3.b32 p, p, 0x000f000f, 0x43004300, 0xea;
+fma.rn.bf16x2 p, p, one, $3;
+fma.rn.bf16x2 $0, p, $4, nz;
+}"""
+
+
 if _IMPORT_ERROR is None:
-    _PTX_WORD = gl.constexpr(_PTX_WORD)
-
-
-def _word_layout(block_n: int, warps: int):
-    """Threads take whole rows' runs of words (16-byte loads where a thread has 4 or 8)."""
-    per_thread = min(WORDS, block_n * WORDS // (32 * warps))
-    return gl.BlockedLayout(size_per_thread=[1, per_thread], threads_per_warp=[32 * per_thread // WORDS,
-                            WORDS // per_thread], warps_per_cta=[warps, 1], order=[1, 0])
+    _PTX_PAIR = gl.constexpr(_PTX_PAIR)
 
 
 if _IMPORT_ERROR is None:
@@ -71,24 +103,27 @@ if _IMPORT_ERROR is None:
         return (((0x4300 + z) | 0x8000) & 0xFFFF) * 0x10001, sb * 0x10001
 
     @gluon.jit
-    def _dequant(words, nzz, ss):
-        """``(BN, 8)`` words → the ``(BN, 64)`` bf16 weights in input order."""
-        p0, p1, p2, p3 = gl.inline_asm_elementwise(
-            _PTX_WORD, "=r,=r,=r,=r,r,r,r", [words, gl.expand_dims(nzz, 1), gl.expand_dims(ss, 1)],
-            dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
-        pairs = gl.join(gl.join(p0, p2), gl.join(p1, p3))  # [..., b, a] = pair 2b + a
-        lo = pairs.to(gl.int16).to(gl.bfloat16, bitcast=True)
-        hi = (pairs >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
+    def _dequant(words, sel, nzz, ss, DOT: gl.constexpr):
+        """``(BN, 8)`` words (replicated across each quad) → the ``(BN, 64)`` bf16 A operand, and the
+        int32 pairs it is made of (the registers the MMA reads)."""
+        pairs = gl.inline_asm_elementwise(
+            _PTX_PAIR, "=r,r,r,r,r",
+            [gl.expand_dims(words, 2), gl.expand_dims(gl.expand_dims(sel, 0), 0),
+             gl.expand_dims(gl.expand_dims(nzz, 1), 2), gl.expand_dims(gl.expand_dims(ss, 1), 2)],
+            dtype=gl.int32, is_pure=True, pack=1)
         BN: gl.constexpr = words.shape[0]
-        return gl.reshape(gl.join(lo, hi), [BN, 64])
+        flat = gl.reshape(pairs, [BN, 32])
+        lo = flat.to(gl.int16).to(gl.bfloat16, bitcast=True)
+        hi = (flat >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
+        return gl.convert_layout(gl.reshape(gl.join(lo, hi), [BN, 64]), DOT), pairs
 
     @gluon.jit
-    def _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, a_bufs, ready, s_ptr, z_ptr, rows, N, group, stride_sn,
-              stride_zn, nzz, ss, acc, off_m, off_n, use_acc, STAGES: gl.constexpr, HAS_ZERO: gl.constexpr,
-              WL: gl.constexpr):
-        """K step ``k``: dequantize its weights (``nzz``/``ss`` its rows' zeros and scales) into A
-        buffer ``k % 2``, issue its MMAs, retire the step before's (the other A buffer is then free)
-        and refill that step's stage. Returns the accumulator and the next step's zeros and scales."""
+    def _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group, stride_sn, stride_zn,
+              sel, nzz, ss, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr, HAS_ZERO: gl.constexpr,
+              DOT: gl.constexpr, WL: gl.constexpr):
+        """K step ``k``: dequantize its weights (``nzz``/``ss`` its rows' zeros and scales), issue its
+        MMAs, retire the step before's (``p_prev`` its A operand's pairs) and refill that step's stage.
+        Returns the accumulator, this step's A operand and the next step's zeros and scales."""
         BK: gl.constexpr = x_desc.block_type.shape[1]
         _STEP_BYTES: gl.constexpr = w_desc.block_type.shape[0] * BK // 2 + x_desc.block_type.shape[0] * BK * 2
         s = k % STAGES
@@ -96,35 +131,36 @@ if _IMPORT_ERROR is None:
         g_next = (gl.minimum(k + 1, k_tiles - 1) * BK) // group
         nzz_next, ss_next = _row_params(s_ptr, z_ptr, rows, N, g_next, stride_sn, stride_zn, HAS_ZERO)
         mbarrier.wait(ready.index(s), (k // STAGES) & 1)
-        a = a_bufs.index(k % 2)
-        a.store(_dequant(w_bufs.index(s).load(WL), nzz, ss))
-        fence_async_shared()
+        a, p = _dequant(w_bufs.index(s).load(WL), sel, nzz, ss, DOT)
         acc = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, use_acc=use_acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        # An MMA reads its register operand while in flight and the compiler does not know: naming
+        # the step before's pairs here (the 32-bit registers its MMA reads) keeps them from being
+        # reused for this step's (128×256 tiles gave garbage on the GPU without)
+        acc, p_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, p_prev))
         nk = k + STAGES - 1
         ns = nk % STAGES
         pred = nk < k_tiles
         mbarrier.expect(ready.index(ns), _STEP_BYTES, pred=pred)
         _tma_load(w_desc, [off_n, nk * (BK // 8)], ready.index(ns), w_bufs.index(ns), pred=pred)
         _tma_load(x_desc, [off_m, nk * BK], ready.index(ns), x_bufs.index(ns), pred=pred)
-        return acc, nzz_next, ss_next
+        return acc, p, nzz_next, ss_next
 
     @gluon.jit
     def _w4a16_mm_gluon(w_desc, x_desc, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, group,
-                        stride_sn, stride_zn, stride_om, WL: gl.constexpr, HAS_ZERO: gl.constexpr,
+                        stride_sn, stride_zn, stride_om, PAIRS: gl.constexpr, HAS_ZERO: gl.constexpr,
                         HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                         num_warps: gl.constexpr):
-        BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows
+        BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows (16 per warp)
         BM: gl.constexpr = x_desc.block_type.shape[0]   # batch rows (the MMA's N)
         BK: gl.constexpr = x_desc.block_type.shape[1]
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                              instr_shape=[16, BM, 16])
+        DOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+        WL: gl.constexpr = gl.SliceLayout(2, PAIRS)
         ROWS: gl.constexpr = gl.SliceLayout(1, WL)
 
         w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BN, BK // 8], w_desc.layout)
         x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
-        a_bufs = gl.allocate_shared_memory(gl.bfloat16, [2, BN, BK],
-                                           gl.NVMMASharedLayout.get_default_for([BN, BK], gl.bfloat16))
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
@@ -141,16 +177,30 @@ if _IMPORT_ERROR is None:
             _tma_load(x_desc, [off_m, i * BK], ready.index(i), x_bufs.index(i), pred=pred)
 
         rows = off_n + gl.arange(0, BN, layout=ROWS)
+        # prmt selector for byte c: result bytes (c, c, 4 + c, 4 + c)
+        sel = 0x4400 + 0x1111 * gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, PAIRS)))
         nzz, ss = _row_params(s_ptr, z_ptr, rows, N, 0, stride_sn, stride_zn, HAS_ZERO)
         # The first step outside the loop: had the accumulator a path to the last wait that skips
         # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
-        acc, nzz, ss = _step(0, k_tiles, w_desc, x_desc, w_bufs, x_bufs, a_bufs, ready, s_ptr, z_ptr, rows, N, group,
-                             stride_sn, stride_zn, nzz, ss, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
-                             off_m, off_n, False, STAGES, HAS_ZERO, WL)
-        for k in range(1, k_tiles):
-            acc, nzz, ss = _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, a_bufs, ready, s_ptr, z_ptr, rows, N,
-                                 group, stride_sn, stride_zn, nzz, ss, acc, off_m, off_n, True, STAGES, HAS_ZERO, WL)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        acc, p, nzz, ss = _step(0, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
+                                stride_sn, stride_zn, sel, nzz, ss, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
+                                gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n, False, STAGES, HAS_ZERO,
+                                DOT, WL)
+        # Unrolled by two: each step's A operand has its own registers, first written again only
+        # after the wait that retired the MMA reading them (a loop-carried operand would be
+        # rewritten while its MMA is in flight)
+        for k in range(1, k_tiles - 1, 2):
+            acc, p1, nzz, ss = _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
+                                     stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES, HAS_ZERO,
+                                     DOT, WL)
+            acc, p, nzz, ss = _step(k + 1, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+                                    group, stride_sn, stride_zn, sel, nzz, ss, acc, p1, off_m, off_n, True, STAGES,
+                                    HAS_ZERO, DOT, WL)
+        if k_tiles % 2 == 0:
+            acc, p, nzz, ss = _step(k_tiles - 1, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+                                    group, stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES,
+                                    HAS_ZERO, DOT, WL)
+        acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -176,16 +226,16 @@ def gluon_w4_fits(layout, x: torch.Tensor) -> bool:
             and layout.packed.data_ptr() % 16 == 0)
 
 
-def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 256, block_m: int = 128, stages: int = 4,
+def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: int = 256, stages: int = 4,
                    group_m: int = 8, warps: int = 8) -> torch.Tensor:
     """``x (M, K)`` bf16 times the layer's 4-bit weight → ``(M, N)`` bf16: ``block_n`` weight rows
-    per program on ``warps`` warps (one or two warpgroups, 64 rows per MMA), ``block_m`` batch rows
-    (the MMA's N)."""
+    per program over ``warps`` warps (16 rows each, repeated), ``block_m`` batch rows (the MMA's N,
+    ≤ 256)."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"this Triton has no Gluon: {_IMPORT_ERROR}")
-    if block_n not in (128, 256) or warps not in (4, 8) or block_m not in (64, 128, 256):
+    if block_n not in (128, 256) or block_n % (16 * warps) or block_m not in (64, 128, 256):
         raise ValueError(f"tiles of {block_n} weight rows on {warps} warps by {block_m} batch rows: the kernel takes "
-                         "128 or 256 weight rows on 4 or 8 warps and 64–256 batch rows")
+                         "128 or 256 weight rows, a multiple of 16 per warp, and 64–256 batch rows")
     if not gluon_w4_fits(layout, x):
         raise ValueError("the Gluon W4A16 kernel takes 4-bit codes, bf16 inputs and scales, K and groups in "
                          f"whole {BLOCK_K}-input steps and 16-byte aligned rows")
@@ -199,6 +249,7 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 256, block_m: i
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _w4a16_mm_gluon[grid](w_desc, x_desc, layout.scale, layout.zero_or_dummy, bias if bias is not None else out, out,
                           m, n, k, layout.group_for(BLOCK_K), layout.stride_s, layout.stride_z, out.stride(0),
-                          WL=_word_layout(block_n, warps), HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None,
+                          PAIRS=_pair_layout(warps, block_n), HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None,
                           STAGES=stages, GROUP_M=group_m, num_warps=warps)
     return out
+

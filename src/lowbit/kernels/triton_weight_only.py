@@ -13,8 +13,8 @@ The paths:
 - ``frag`` (opt-in, ``LOWBIT_FRAG_LAYOUT=1``): 4-bit from batch 2, tensor cores on a
   fragment-ordered second copy of the codes made once per layer (``triton_mma_frag``), which
   doubles the GPU memory of the layer's codes, hence off unless asked for;
-- ``gluon`` (Hopper, 4-bit, bf16): from batch 128, a Gluon kernel that dequantizes each K step
-  into shared memory beside TMA-loaded inputs and keeps one step's ``wgmma`` in flight
+- ``gluon`` (Hopper, 4-bit, bf16): from batch 65, a Gluon kernel fed by TMA that dequantizes each
+  K step straight into ``wgmma``'s register operand and keeps one step's MMAs in flight
   (``gluon_w4a16_mm``; checkpoint layout, no copy);
 - ``dequant``: dequantize the whole weight once per call (``triton_dequant``), then cuBLAS via
   ``F.linear``, which can win at large batch where the product, not the weight read, dominates.
@@ -60,6 +60,7 @@ class KernelConfig:
     num_stages: int = 3
     fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
     maxnreg: int | None = None  # gemv_half2 only: register cap per thread (more warps per SM)
+    group_m: int = 8          # gluon only: batch tiles sharing each weight tile while it is in L2
 
     def label(self) -> str:
         if self.path == "dequant":
@@ -67,7 +68,8 @@ class KernelConfig:
         m = f"u{self.unroll}" if self.path.startswith("gemv") else f"m{self.block_m}"
         return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}" + (" fx" if self.fuse_x else "")
-                + (f" r{self.maxnreg}" if self.maxnreg else ""))
+                + (f" r{self.maxnreg}" if self.maxnreg else "")
+                + (f" g{self.group_m}" if self.group_m != 8 else ""))
 
 
 def batch_bucket(m: int) -> int:
@@ -200,11 +202,12 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
                          num_warps=w, num_stages=st) for bn, bk, s, st, w in FRAG[key]]
 
 
-# The Gluon kernel (4-bit, Hopper, bf16): (weight rows, batch rows, stages, warps), the two configs
-# that won in bench/w4a16_gluon_sweep.py on the H100 (bench/results/w4a16-gluon-sweep.md): two
-# warpgroups sharing a 256-row batch tile (the dequantization, paid per weight tile, spread over
-# the most MMA work), or one warpgroup on 128 × 128 (two programs per SM).
-GLUON = ((128, 256, 4, 8), (128, 128, 4, 4))
+# The Gluon kernel (4-bit, Hopper, bf16): (weight rows, batch rows, stages, warps, grouped batch
+# tiles), the configs that won in bench/w4a16_gluon_sweep.py on the H100
+# (bench/results/w4a16-gluon-sweep.md): two warpgroups sharing a 256-row batch tile (the
+# dequantization, paid per weight tile, spread over the most MMA work) from 256 rows, 128-row
+# batch tiles below.
+GLUON = ((128, 256, 4, 8, 16), (128, 128, 6, 8, 8))
 
 
 def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -212,7 +215,7 @@ def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
     if bits != 4 or b < 128 or not gluon_w4a16_mm.available():
         return []
     return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, num_warps=w,
-                         num_stages=st) for bn, bm, st, w in GLUON]
+                         num_stages=st, group_m=g) for bn, bm, st, w, g in GLUON]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -264,7 +267,7 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
         if not gluon_w4a16_mm.gluon_w4_fits(layout, x2):
             x2 = x2.contiguous()  # a batch with other strides than the tuned one's
         return gluon_w4a16_mm.w4a16_mm_gluon(x2, layout, bias, cfg.block_n, cfg.block_m, cfg.num_stages,
-                                             warps=cfg.num_warps)
+                                             group_m=cfg.group_m, warps=cfg.num_warps)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
