@@ -65,6 +65,7 @@ SCRIPT = textwrap.dedent('''
             "mma": sorted(set(re.findall(r"wgmma\\.mma_async\\.sync\\.aligned\\.([\\w.]+)", ptx))),
             "waits": sorted(set(re.findall(r"wgmma\\.wait_group\\.sync\\.aligned (\\d+)", ptx))),
             "prmt": ptx.count("prmt.b32"), "fma_bf16x2": ptx.count("fma.rn.bf16x2"),
+            "st_shared": ptx.count("st.shared"), "ldmatrix": ptx.count("ldmatrix"),
             "smem": k.metadata.shared, "ptxas": notes, "cubin_bytes": len(k.asm["cubin"]),
             "sass": sass}
     print(json.dumps(report))
@@ -126,6 +127,7 @@ def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
     for r in report.values():
         assert "1" in r["waits"], r["waits"]              # one K step's MMAs stay in flight
         assert r["prmt"] > 0 and r["fma_bf16x2"] > 0      # the packed dequantization reached the PTX
+        assert r["st_shared"] == 0 and r["ldmatrix"] == 0  # the tile is the MMA's operand as built
         assert r["smem"] <= 227 * 1024 and r["cubin_bytes"] > 0
         if r["ptxas"]:
             assert "Performance Loss" not in r["ptxas"], r["ptxas"]  # no serialized wgmma

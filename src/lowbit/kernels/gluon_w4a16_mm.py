@@ -16,21 +16,21 @@ tile from shared memory, so the dequantization never goes through shared memory:
   subtracting ``128 + zero`` (exact) and one multiplying by the scale (one rounding: the
   reference's bits);
 - the pairs tensor is laid out so that splitting it into halves and joining them gives exactly
-  ``wgmma``'s register-operand layout (``_pair_layout``; the conversion is a no-op, which
-  ``tests/test_gluon_w4a16_mm.py`` checks in the compiled code);
+  ``wgmma``'s register-operand layout (``_pair_layout``; the conversion is a no-op: the compiled
+  kernel has no shared-memory stores, which ``tests/test_gluon_w4a16_mm.py`` checks);
 - ``warpgroup_mma_wait(num_outstanding=1)``: one step's MMAs run while the next step's weights
   are dequantized. An MMA reads its register operand while in flight, and neither the compiler nor
   ptxas keeps those registers from being rewritten meanwhile: with the K loop as written (one
   operand carried round the loop) the next step's tile landed in the registers of the MMA still
   running, and 128×256 tiles computed garbage on the H100. So the loop is unrolled by two: each
   step's operand has its own registers, written again only after the wait that retired the MMA
-  reading them (``tests/test_gluon_w4a16_mm.py`` checks the two register sets in the SASS).
+  reading them (``tests/test_gluon_w4a16_mm.py`` scans the K loop's SASS for such writes).
 
-Measured against the alternative of dequantizing into shared memory and feeding both operands
-from there (``bench/results/w4a16-gluon-sweep.md``): 3–20% faster at 256–4096 rows. Against the
-same kernel with no dequantization at all (the MMAs and data movement alone, which run at bf16
-``F.linear``'s speed) the dequantization still costs 25–35% at large batches: it runs in the MMA
-warps and is only partly hidden behind the step in flight.
+Measured against dequantizing into shared memory and feeding both operands from there
+(``bench/results/w4a16-gluon-sweep.md`` against ``-ss.md``): 1–7% faster at 256–4096 rows. In a
+probe of that shared-memory version, the kernel without the dequantization (MMAs and data movement
+only) ran at bf16 ``F.linear``'s speed: the dequantization, in the MMA warps and only partly hidden
+behind the step in flight, costs the remaining 25–35% at large batches (``docs/KERNELS.md``).
 
 Scales are in bfloat16 like the activations (float16 is left to the Triton kernels), zero points
 int32 or symmetric (8), one group per K step (groups a multiple of 64, or per channel). Compiles
