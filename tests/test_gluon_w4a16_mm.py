@@ -167,7 +167,7 @@ def test_gluon_path_refuses_what_it_cannot_run():
     assert g.gluon_w4_fits(layout, x)
     assert not g.gluon_w4_fits(layout, x.half())              # float16 inputs: the Triton kernels
     assert not g.gluon_w4_fits(layout, torch.randn(256, 4).bfloat16().t())  # columns not contiguous
-    with pytest.raises(ValueError, match="GPU only"):         # no interpreter: never on the CPU
+    with pytest.raises(ValueError, match="Hopper GPUs only"):  # no interpreter: never on the CPU
         run_config(x, layout, None, KernelConfig("gluon", block_n=128, block_m=128, block_k=64, num_warps=4))
     with pytest.raises(ValueError, match="weight rows"):
         g.w4a16_mm_gluon(x, layout, None, block_n=96)
@@ -175,3 +175,18 @@ def test_gluon_path_refuses_what_it_cannot_run():
                                                      torch.zeros(128, 8, dtype=torch.int32),
                                                      FormatSpec(bits=4, sym=False, group_size=32)))
     assert not g.gluon_w4_fits(WeightLayout.of(g64), x)       # groups smaller than a K step
+
+
+def test_gluon_kernel_runs_on_hopper_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from lowbit.kernels import gluon_w4a16_mm as g
+
+    gpu = SimpleNamespace(is_cuda=True, device="cuda:0")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for major, ok in ((8, False), (9, True), (10, False), (12, False)):  # A100, H100, B200, RTX 50
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
+        assert g.runs_on(gpu) is ok
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not g.runs_on(gpu)
+    assert not g.runs_on(torch.zeros(1))

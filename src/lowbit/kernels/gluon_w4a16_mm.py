@@ -38,6 +38,8 @@ for Hopper only; ``available()`` says whether this Triton has Gluon.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
@@ -216,6 +218,14 @@ if _IMPORT_ERROR is None:
         sm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, store))
         out = out_ptr + sm[None, :].to(gl.int64) * stride_om + sn[:, None]
         gl.store(out, y, mask=(sn[:, None] < N) & (sm[None, :] < M))
+
+
+def runs_on(x) -> bool:
+    """Whether the kernel can run on ``x``'s device: Hopper (``wgmma`` and TMA as used here are
+    sm_90 instructions), not under Triton's interpreter (Gluon has none)."""
+    if not x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return torch.cuda.get_device_capability(x.device)[0] == 9
 
 
 def gluon_w4_fits(layout, x: torch.Tensor) -> bool:

@@ -262,8 +262,8 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
                              "input dtype")
         return mma_frag(x2, layout, *frag_copies(layout, x2.dtype), bias, cfg)
     if cfg.path == "gluon":
-        if not x2.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
-            raise ValueError("the gluon path runs on a GPU only (Gluon has no interpreter)")
+        if not gluon_w4a16_mm.runs_on(x2):
+            raise ValueError("the gluon path runs on Hopper GPUs only (Gluon has no interpreter)")
         if not gluon_w4a16_mm.gluon_w4_fits(layout, x2):
             x2 = x2.contiguous()  # a batch with other strides than the tuned one's
         return gluon_w4a16_mm.w4a16_mm_gluon(x2, layout, bias, cfg.block_n, cfg.block_m, cfg.num_stages,
