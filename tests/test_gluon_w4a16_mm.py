@@ -10,15 +10,13 @@ GPU in a fresh process, as in test_kernels_compile_sm90.py.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from sm90_build import run_sm90_script
 
 pytest.importorskip("triton")
 
@@ -114,14 +112,7 @@ def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
 
     if not gluon_w4a16_mm.available():
         pytest.skip("this Triton has no Gluon")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip("this Triton build ships no ptxas")
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_sm90_script(SCRIPT)
     assert report["n128m256w8"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
     assert report["n128m128w8"]["mma"] == ["m64n128k16.f32.bf16.bf16"], report.keys()
     for r in report.values():

@@ -8,14 +8,12 @@ test_kernels_compile_sm90.py: the kernel tests switch pytest's process to the in
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from sm90_build import run_sm90_script
 
 pytest.importorskip("triton")
 
@@ -56,14 +54,7 @@ def test_gluon_kernel_compiles_for_sm90_with_mmas_in_flight():
 
     if not gluon_w8a8_mm.available():
         pytest.skip("this Triton has no Gluon")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip("this Triton build ships no ptxas")
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_sm90_script(SCRIPT)
     # int8: s8 × s8 → s32 MMAs (N ≤ 224 for 8-bit integers: 128, both for full and half tiles)
     assert report["i8"]["mma"] == ["m64n128k32.s32.s8.s8"], report
     assert report["fp8e4nv"]["mma"] == ["m64n128k32.f32.e4m3.e4m3", "m64n256k32.f32.e4m3.e4m3"], report

@@ -10,12 +10,11 @@ whole pytest process to the interpreter, under which ``@triton.jit`` functions c
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from sm90_build import run_sm90_script
 
 pytest.importorskip("triton")
 
@@ -135,17 +134,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_inline_ptx_kernels_compile_for_sm90_with_their_packed_instructions():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
-    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip("this Triton build ships no ptxas")
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_sm90_script(SCRIPT)
     for name, r in report.items():  # the inline assembly is in the compiled kernel
         if name == "int8_gemv":
             assert r["dp4a"] >= 1, (name, r)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from triton_interpret import TRITON_PREIMPORTED, run_in_fresh_process  # first: it sets the mode
 
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import textwrap  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from sm90_build import run_sm90_script  # noqa: E402
 
 pytest.importorskip("triton")
 
@@ -165,17 +163,7 @@ SM90 = textwrap.dedent('''
 
 
 def test_hadamard_kernel_compiles_for_sm90_on_tensor_cores_without_spills():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", SM90], env=env, capture_output=True, text=True,
-                          timeout=300)
-    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip("this Triton build ships no ptxas")
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
-    for n, r in json.loads(done.stdout.strip().splitlines()[-1]).items():
+    for n, r in run_sm90_script(SM90).items():
         assert r["wgmma"] >= 1 and r["local"] == 0, (n, r)
 
 
