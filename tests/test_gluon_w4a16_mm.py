@@ -166,6 +166,9 @@ def test_gluon_path_refuses_what_it_cannot_run():
                                                      torch.zeros(128, 8, dtype=torch.int32),
                                                      FormatSpec(bits=4, sym=False, group_size=32)))
     assert not g.gluon_w4_fits(WeightLayout.of(g64), x)       # groups smaller than a K step
+    narrow = QuantLinear.from_quantized(QuantizedWeight(codes[:96], scale[:96], zero[:96],
+                                                        FormatSpec(bits=4, sym=False, group_size=128)))
+    assert not g.gluon_w4_fits(WeightLayout.of(narrow), x)    # a partial 128-row weight tile
 
 
 def test_gluon_kernel_runs_on_hopper_only(monkeypatch):

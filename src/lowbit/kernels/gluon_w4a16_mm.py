@@ -33,7 +33,8 @@ only) ran at bf16 ``F.linear``'s speed: the dequantization, in the MMA warps and
 behind the step in flight, costs the remaining 25–35% at large batches (``docs/KERNELS.md``).
 
 Scales are in bfloat16 like the activations (float16 is left to the Triton kernels), zero points
-int32 or symmetric (8), one group per K step (groups a multiple of 64, or per channel). Compiles
+int32 or symmetric (8), one group per K step (groups a multiple of 64, or per channel), output
+features in whole 128-row tiles (``gluon_w4_fits``). Compiles
 for Hopper only; ``available()`` says whether this Triton has Gluon.
 """
 from __future__ import annotations
@@ -91,8 +92,6 @@ fma.rn.bf16x2 $0, p, $4, nz;
 if _IMPORT_ERROR is None:
     _PTX_PAIR = gl.constexpr(_PTX_PAIR)
 
-
-if _IMPORT_ERROR is None:
     @gluon.jit
     def _row_params(s_ptr, z_ptr, rows, N, g, stride_sn, stride_zn, HAS_ZERO: gl.constexpr):
         """The rows' ``-(128 + zero)`` and scale for group ``g``, each as a pair of bf16 halves."""
@@ -135,9 +134,9 @@ if _IMPORT_ERROR is None:
         mbarrier.wait(ready.index(s), (k // STAGES) & 1)
         a, p = _dequant(w_bufs.index(s).load(WL), sel, nzz, ss, DOT)
         acc = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, use_acc=use_acc, is_async=True)
-        # An MMA reads its register operand while in flight and the compiler does not know: naming
-        # the step before's pairs here (the 32-bit registers its MMA reads) keeps them from being
-        # reused for this step's (128×256 tiles gave garbage on the GPU without)
+        # Retires the step before's MMAs. Its pairs are kept alive to here, but that alone did not
+        # stop the compiler from writing this step's tile into the registers that MMA was reading
+        # (the MMA reads a copy); the caller's unrolling by two does (module docstring).
         acc, p_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, p_prev))
         nk = k + STAGES - 1
         ns = nk % STAGES
@@ -152,7 +151,7 @@ if _IMPORT_ERROR is None:
                         stride_sn, stride_zn, stride_om, PAIRS: gl.constexpr, HAS_ZERO: gl.constexpr,
                         HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                         num_warps: gl.constexpr):
-        BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows (16 per warp)
+        BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows (16 per warp, repeated)
         BM: gl.constexpr = x_desc.block_type.shape[0]   # batch rows (the MMA's N)
         BK: gl.constexpr = x_desc.block_type.shape[1]
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -229,8 +228,12 @@ def runs_on(x) -> bool:
 
 
 def gluon_w4_fits(layout, x: torch.Tensor) -> bool:
-    """4-bit codes, bf16 inputs and scales, groups of whole K steps, TMA-able rows."""
+    """4-bit codes, bf16 inputs and scales, groups of whole K steps, TMA-able rows, and whole
+    128-row weight tiles: a partial weight tile would rely on the copy engine's zero fill and
+    masked stores, which the GPU runs so far never exercised (a batch tile past M did: 128 rows in
+    256-row tiles)."""
     return (layout.bits == 4 and x.dtype == torch.bfloat16 and layout.scale.dtype == torch.bfloat16
+            and layout.n % 128 == 0
             and layout.k % BLOCK_K == 0 and (layout.group_size <= 0 or layout.group_size % BLOCK_K == 0)
             and x.stride(-1) == 1 and (x.stride(0) * 2) % 16 == 0 and x.data_ptr() % 16 == 0
             and layout.packed.data_ptr() % 16 == 0)
