@@ -39,12 +39,12 @@ for Hopper only; ``available()`` says whether this Triton has Gluon.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
 from .gluon_w8a8_mm import available  # noqa: F401 - re-exported: the same Gluon import decides
+from .triton_layout import inline_ptx_ok, tma_rows
+from .triton_mma_pairs import BF16_MAGIC
 
 try:
     from triton.experimental import gluon
@@ -76,17 +76,18 @@ def _pair_layout(warps: int, block_n: int):
         block_bases=[], shape=[block_n, WORDS, 4])
 
 
-# $1 a word, $2 prmt's selector for byte c, $3 -(128 + zero) and $4 the scale, each as a bf16 pair
-_PTX_PAIR = """{
+# One pair of ``triton_mma_pairs.packed_dequant_ptx``'s steps, its byte picked by a selector operand:
+# $1 a word, $2 prmt's selector for byte c, $3 -(128 + zero) and $4 the scale, each as a bf16 pair.
+_PTX_PAIR = f"""{{
 .reg .b32 t, p, one, nz;
-mov.b32 one, 0x3f803f80;
+mov.b32 one, {BF16_MAGIC['one']};
 mov.b32 nz, 0x80008000;
 shr.u32 t, $1, 4;
 prmt.b32 p, $1, t, $2;
-lop3.b32 p, p, 0x000f000f, 0x43004300, 0xea;
-fma.rn.bf16x2 p, p, one, $3;
-fma.rn.bf16x2 $0, p, $4, nz;
-}"""
+lop3.b32 p, p, 0x000f000f, {BF16_MAGIC['magic']}, 0xea;
+fma.rn.{BF16_MAGIC['t']} p, p, one, $3;
+fma.rn.{BF16_MAGIC['t']} $0, p, $4, nz;
+}}"""
 
 
 if _IMPORT_ERROR is None:
@@ -220,11 +221,9 @@ if _IMPORT_ERROR is None:
 
 
 def runs_on(x) -> bool:
-    """Whether the kernel can run on ``x``'s device: Hopper (``wgmma`` and TMA as used here are
-    sm_90 instructions), not under Triton's interpreter (Gluon has none)."""
-    if not x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    return torch.cuda.get_device_capability(x.device)[0] == 9
+    """Whether the kernel can run on ``x``'s device: an NVIDIA Hopper GPU (``wgmma`` and TMA as
+    used here are sm_90 instructions), not under Triton's interpreter (Gluon has none)."""
+    return inline_ptx_ok(x) and torch.cuda.get_device_capability(x.device)[0] == 9
 
 
 def gluon_w4_fits(layout, x: torch.Tensor) -> bool:
@@ -235,8 +234,7 @@ def gluon_w4_fits(layout, x: torch.Tensor) -> bool:
     return (layout.bits == 4 and x.dtype == torch.bfloat16 and layout.scale.dtype == torch.bfloat16
             and layout.n % 128 == 0
             and layout.k % BLOCK_K == 0 and (layout.group_size <= 0 or layout.group_size % BLOCK_K == 0)
-            and x.stride(-1) == 1 and (x.stride(0) * 2) % 16 == 0 and x.data_ptr() % 16 == 0
-            and layout.packed.data_ptr() % 16 == 0)
+            and tma_rows(x) and tma_rows(layout.packed))
 
 
 def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: int = 256, stages: int = 4,

@@ -51,7 +51,7 @@ try:  # host-side TMA descriptors (Triton ≥ 3.3)
 except ImportError:  # pragma: no cover - older Triton: pointer kernel only
     TensorDescriptor = None
 
-from .triton_layout import pdl_launch
+from .triton_layout import pdl_launch, tma_rows  # noqa: F401 - tma_rows: callers read it here too
 from .triton_pdl import gdc_wait
 from .triton_splitk import split_counters, split_tiles
 
@@ -256,11 +256,6 @@ def tma_device(device: torch.device) -> bool:
     if TensorDescriptor is None:
         return False
     return INTERPRET or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
-
-
-def tma_rows(t: torch.Tensor) -> bool:
-    """Whether the copy engine can address ``t``'s rows: contiguous, 16-byte aligned."""
-    return t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
 def tma_supported(q: torch.Tensor, w: torch.Tensor) -> bool:

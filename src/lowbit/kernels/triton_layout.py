@@ -87,6 +87,12 @@ def layout_supported(layout: WeightLayout, x: torch.Tensor) -> bool:
     return layout.block_k(128) >= 16  # tl.dot needs K tiles of at least 16
 
 
+def tma_rows(t: torch.Tensor) -> bool:
+    """Whether the copy engine (TMA) can address ``t``'s rows: contiguous within a row, row stride
+    and start 16-byte aligned."""
+    return t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+
+
 def inline_ptx_ok(x: torch.Tensor) -> bool:
     """NVIDIA GPUs run the kernels' inline PTX; the interpreter and ROCm run the same steps in
     plain Triton."""
