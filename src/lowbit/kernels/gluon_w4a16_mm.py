@@ -122,12 +122,11 @@ if _IMPORT_ERROR is None:
     @gluon.jit
     def _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group, stride_sn, stride_zn,
               sel, nzz, ss, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr, HAS_ZERO: gl.constexpr,
-              DOT: gl.constexpr, WL: gl.constexpr):
+              DOT: gl.constexpr, WL: gl.constexpr, STEP_BYTES: gl.constexpr):
         """K step ``k``: dequantize its weights (``nzz``/``ss`` its rows' zeros and scales), issue its
         MMAs, retire the step before's (``p_prev`` its A operand's pairs) and refill that step's stage.
         Returns the accumulator, this step's A operand and the next step's zeros and scales."""
         BK: gl.constexpr = x_desc.block_type.shape[1]
-        _STEP_BYTES: gl.constexpr = w_desc.block_type.shape[0] * BK // 2 + x_desc.block_type.shape[0] * BK * 2
         s = k % STAGES
         # the next step's scales and zeros a step ahead: their loads' latency hides behind this step
         g_next = (gl.minimum(k + 1, k_tiles - 1) * BK) // group
@@ -142,7 +141,7 @@ if _IMPORT_ERROR is None:
         nk = k + STAGES - 1
         ns = nk % STAGES
         pred = nk < k_tiles
-        mbarrier.expect(ready.index(ns), _STEP_BYTES, pred=pred)
+        mbarrier.expect(ready.index(ns), STEP_BYTES, pred=pred)
         _tma_load(w_desc, [off_n, nk * (BK // 8)], ready.index(ns), w_bufs.index(ns), pred=pred)
         _tma_load(x_desc, [off_m, nk * BK], ready.index(ns), x_bufs.index(ns), pred=pred)
         return acc, p, nzz_next, ss_next
@@ -171,10 +170,10 @@ if _IMPORT_ERROR is None:
         off_m = pid_m * BM
         off_n = pid_n * BN
         k_tiles = gl.cdiv(K, BK)
-        _STEP_BYTES: gl.constexpr = BN * BK // 2 + BM * BK * 2  # codes, then inputs
+        STEP_BYTES: gl.constexpr = BN * BK // 2 + BM * BK * 2  # codes, then inputs
         for i in gl.static_range(STAGES - 1):
             pred = i < k_tiles
-            mbarrier.expect(ready.index(i), _STEP_BYTES, pred=pred)
+            mbarrier.expect(ready.index(i), STEP_BYTES, pred=pred)
             _tma_load(w_desc, [off_n, i * (BK // 8)], ready.index(i), w_bufs.index(i), pred=pred)
             _tma_load(x_desc, [off_m, i * BK], ready.index(i), x_bufs.index(i), pred=pred)
 
@@ -187,21 +186,21 @@ if _IMPORT_ERROR is None:
         acc, p, nzz, ss = _step(0, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
                                 stride_sn, stride_zn, sel, nzz, ss, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
                                 gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n, False, STAGES, HAS_ZERO,
-                                DOT, WL)
+                                DOT, WL, STEP_BYTES)
         # Unrolled by two: each step's A operand has its own registers, first written again only
         # after the wait that retired the MMA reading them (a loop-carried operand would be
         # rewritten while its MMA is in flight)
         for k in range(1, k_tiles - 1, 2):
             acc, p1, nzz, ss = _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
                                      stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES, HAS_ZERO,
-                                     DOT, WL)
+                                     DOT, WL, STEP_BYTES)
             acc, p, nzz, ss = _step(k + 1, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
                                     group, stride_sn, stride_zn, sel, nzz, ss, acc, p1, off_m, off_n, True, STAGES,
-                                    HAS_ZERO, DOT, WL)
+                                    HAS_ZERO, DOT, WL, STEP_BYTES)
         if k_tiles % 2 == 0:
             acc, p, nzz, ss = _step(k_tiles - 1, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
                                     group, stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES,
-                                    HAS_ZERO, DOT, WL)
+                                    HAS_ZERO, DOT, WL, STEP_BYTES)
         acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
