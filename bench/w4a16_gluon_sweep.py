@@ -29,9 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import GROUP, L2_ROTATE_BYTES, graph_us, import_lowbit, lowbit_w4, make_codes, rough_us  # noqa: E402
 from run_record import record  # noqa: E402
 
-# (block_n, block_m, stages, group_m, warps)
+# (block_n, block_m, stages, group_m, warps[, split_k])
 CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 256, 4, 16, 8), (128, 128, 4, 8, 8),
-           (128, 128, 6, 8, 8), (128, 64, 6, 8, 8)]
+           (128, 128, 6, 8, 8), (128, 64, 6, 8, 8),
+           # one warpgroup on 128×128 (or ×64) tiles: two programs per SM, one's dequantization beside the other's MMAs
+           (128, 128, 4, 8, 4), (128, 128, 3, 8, 4), (128, 64, 6, 8, 4),
+           # K split: layers whose tiles alone leave SMs idle (14336×4096)
+           (128, 256, 4, 8, 8, 2), (128, 256, 4, 8, 8, 4), (128, 128, 6, 8, 8, 2), (128, 128, 6, 8, 8, 4),
+           (128, 128, 4, 8, 4, 2)]
 
 
 # warp-specialized: (block_m, stages, group_m, consumers)
@@ -44,7 +49,7 @@ def kernels(pick, ws_pick) -> list:
     from lowbit.kernels import gluon_w4a16_ws as ws
     out = []
     for c in CONFIGS if pick is None else [CONFIGS[int(i)] for i in pick.split(",") if i]:
-        out.append((f"gluon n{c[0]}m{c[1]} s{c[2]} g{c[3]} w{c[4]}",
+        out.append((f"gluon n{c[0]}m{c[1]} s{c[2]} g{c[3]} w{c[4]}" + (f" k{c[5]}" if len(c) > 5 and c[5] > 1 else ""),
                     lambda x, lay, bias, c=c: g.w4a16_mm_gluon(x, lay, bias, *c)))
     for c in WS_CONFIGS if ws_pick is None else [WS_CONFIGS[int(i)] for i in ws_pick.split(",") if i]:
         out.append((f"ws{c[3]} m{c[0]} s{c[1]} g{c[2]}",
@@ -132,18 +137,18 @@ def main():
                     except Exception as e:  # noqa: BLE001 - report and go on
                         notes.append(f"{name} K={k} N={n} M={m}: {type(e).__name__}: {str(e)[-300:]}")
                         traceback.print_exc()
-                for name, fns in cols.items():
+                for name, calls in cols.items():
                     if name not in ("bf16", "dispatch") and (row["rel_err"][name] > 1e-2 or not row["repeatable"][name]):
                         notes.append(f"{name} K={k} N={n} M={m}: wrong (rel err {row['rel_err'][name]:.2e}, "
                                      f"repeatable {row['repeatable'][name]}), not timed")
                         continue
-                    row["us"][name] = graph_us(fns, rough_us(fns[0]))
+                    row["us"][name] = graph_us(calls, rough_us(calls[0]))
             mine = [(v, c) for c, v in row["us"].items() if c not in ("bf16", "dispatch")]
             best = min(mine) if mine else (None, None)
             row["best_gluon"] = best[1]
             rows.append(row)
             print(f"K={k} N={n} M={m}: bf16 {row['us']['bf16']:.1f} dispatch {row['us']['dispatch']:.1f} "
-                  f"best {best[1]} {best[0]} | errs {row['rel_err']}", flush=True)
+                  f"best {best[1]} {best[0]:.1f} | " + " ".join(f"{c} {v:.1f}" for c, v in row["us"].items()), flush=True)
         del mods, layouts, wbf
         torch.cuda.empty_cache()
 

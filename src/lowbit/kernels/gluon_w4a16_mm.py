@@ -45,6 +45,7 @@ import triton
 from .gluon_w8a8_mm import available  # noqa: F401 - re-exported: the same Gluon import decides
 from .triton_layout import inline_ptx_ok, tma_rows
 from .triton_mma_pairs import BF16_MAGIC
+from .triton_splitk import SplitOutput
 
 try:
     from triton.experimental import gluon
@@ -120,37 +121,38 @@ if _IMPORT_ERROR is None:
         return gl.convert_layout(gl.reshape(gl.join(lo, hi), [BN, 64]), DOT), pairs
 
     @gluon.jit
-    def _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group, stride_sn, stride_zn,
-              sel, nzz, ss, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr, HAS_ZERO: gl.constexpr,
-              DOT: gl.constexpr, WL: gl.constexpr, STEP_BYTES: gl.constexpr):
-        """K step ``k``: dequantize its weights (``nzz``/``ss`` its rows' zeros and scales), issue its
-        MMAs, retire the step before's (``p_prev`` its A operand's pairs) and refill that step's stage.
-        Returns the accumulator, this step's A operand and the next step's zeros and scales."""
+    def _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group, stride_sn,
+              stride_zn, sel, nzz, ss, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr,
+              HAS_ZERO: gl.constexpr, DOT: gl.constexpr, WL: gl.constexpr, STEP_BYTES: gl.constexpr):
+        """Step ``j`` of the program's ``steps`` (K step ``k0 + j``): dequantize its weights
+        (``nzz``/``ss`` its rows' zeros and scales), issue its MMAs, retire the step before's
+        (``p_prev`` its A operand's pairs) and refill that step's stage. Returns the accumulator,
+        this step's A operand and the next step's zeros and scales."""
         BK: gl.constexpr = x_desc.block_type.shape[1]
-        s = k % STAGES
+        s = j % STAGES
         # the next step's scales and zeros a step ahead: their loads' latency hides behind this step
-        g_next = (gl.minimum(k + 1, k_tiles - 1) * BK) // group
+        g_next = ((k0 + gl.minimum(j + 1, steps - 1)) * BK) // group
         nzz_next, ss_next = _row_params(s_ptr, z_ptr, rows, N, g_next, stride_sn, stride_zn, HAS_ZERO)
-        mbarrier.wait(ready.index(s), (k // STAGES) & 1)
+        mbarrier.wait(ready.index(s), (j // STAGES) & 1)
         a, p = _dequant(w_bufs.index(s).load(WL), sel, nzz, ss, DOT)
         acc = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, use_acc=use_acc, is_async=True)
         # Retires the step before's MMAs. Its pairs are kept alive to here, but that alone did not
         # stop the compiler from writing this step's tile into the registers that MMA was reading
         # (the MMA reads a copy); the caller's unrolling by two does (module docstring).
         acc, p_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, p_prev))
-        nk = k + STAGES - 1
-        ns = nk % STAGES
-        pred = nk < k_tiles
+        nj = j + STAGES - 1
+        ns = nj % STAGES
+        pred = nj < steps
         mbarrier.expect(ready.index(ns), STEP_BYTES, pred=pred)
-        _tma_load(w_desc, [off_n, nk * (BK // 8)], ready.index(ns), w_bufs.index(ns), pred=pred)
-        _tma_load(x_desc, [off_m, nk * BK], ready.index(ns), x_bufs.index(ns), pred=pred)
+        _tma_load(w_desc, [off_n, (k0 + nj) * (BK // 8)], ready.index(ns), w_bufs.index(ns), pred=pred)
+        _tma_load(x_desc, [off_m, (k0 + nj) * BK], ready.index(ns), x_bufs.index(ns), pred=pred)
         return acc, p, nzz_next, ss_next
 
     @gluon.jit
-    def _w4a16_mm_gluon(w_desc, x_desc, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, group,
+    def _w4a16_mm_gluon(w_desc, x_desc, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, group,
                         stride_sn, stride_zn, stride_om, PAIRS: gl.constexpr, HAS_ZERO: gl.constexpr,
                         HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                        num_warps: gl.constexpr):
+                        SPLIT_K: gl.constexpr, num_warps: gl.constexpr):
         BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows (16 per warp, repeated)
         BM: gl.constexpr = x_desc.block_type.shape[0]   # batch rows (the MMA's N)
         BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -169,54 +171,67 @@ if _IMPORT_ERROR is None:
         pid_m, pid_n = _grouped(gl.program_id(0), gl.cdiv(M, BM), gl.cdiv(N, BN), GROUP_M)
         off_m = pid_m * BM
         off_n = pid_n * BN
-        k_tiles = gl.cdiv(K, BK)
+        # split pid_k's K steps [k0, k0 + steps): the host keeps every split non-empty
+        pid_k = gl.program_id(1)
+        per_split = gl.cdiv(gl.cdiv(K, BK), SPLIT_K)
+        k0 = pid_k * per_split
+        steps = gl.minimum(per_split, gl.cdiv(K, BK) - k0)
         STEP_BYTES: gl.constexpr = BN * BK // 2 + BM * BK * 2  # codes, then inputs
         for i in gl.static_range(STAGES - 1):
-            pred = i < k_tiles
+            pred = i < steps
             mbarrier.expect(ready.index(i), STEP_BYTES, pred=pred)
-            _tma_load(w_desc, [off_n, i * (BK // 8)], ready.index(i), w_bufs.index(i), pred=pred)
-            _tma_load(x_desc, [off_m, i * BK], ready.index(i), x_bufs.index(i), pred=pred)
+            _tma_load(w_desc, [off_n, (k0 + i) * (BK // 8)], ready.index(i), w_bufs.index(i), pred=pred)
+            _tma_load(x_desc, [off_m, (k0 + i) * BK], ready.index(i), x_bufs.index(i), pred=pred)
 
         rows = off_n + gl.arange(0, BN, layout=ROWS)
         # prmt selector for byte c: result bytes (c, c, 4 + c, 4 + c)
         sel = 0x4400 + 0x1111 * gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, PAIRS)))
-        nzz, ss = _row_params(s_ptr, z_ptr, rows, N, 0, stride_sn, stride_zn, HAS_ZERO)
+        nzz, ss = _row_params(s_ptr, z_ptr, rows, N, (k0 * BK) // group, stride_sn, stride_zn, HAS_ZERO)
         # The first step outside the loop: had the accumulator a path to the last wait that skips
         # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
-        acc, p, nzz, ss = _step(0, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
+        acc, p, nzz, ss = _step(0, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
                                 stride_sn, stride_zn, sel, nzz, ss, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
                                 gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n, False, STAGES, HAS_ZERO,
                                 DOT, WL, STEP_BYTES)
         # Unrolled by two: each step's A operand has its own registers, first written again only
         # after the wait that retired the MMA reading them (a loop-carried operand would be
         # rewritten while its MMA is in flight)
-        for k in range(1, k_tiles - 1, 2):
-            acc, p1, nzz, ss = _step(k, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
+        for j in range(1, steps - 1, 2):
+            acc, p1, nzz, ss = _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
                                      stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES, HAS_ZERO,
                                      DOT, WL, STEP_BYTES)
-            acc, p, nzz, ss = _step(k + 1, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+            acc, p, nzz, ss = _step(j + 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
                                     group, stride_sn, stride_zn, sel, nzz, ss, acc, p1, off_m, off_n, True, STAGES,
                                     HAS_ZERO, DOT, WL, STEP_BYTES)
-        if k_tiles % 2 == 0:
-            acc, p, nzz, ss = _step(k_tiles - 1, k_tiles, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+        if steps % 2 == 0:
+            acc, p, nzz, ss = _step(steps - 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
                                     group, stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES,
                                     HAS_ZERO, DOT, WL, STEP_BYTES)
         acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
-        # out[m, n] = acc[n, m] (+ bias[n]), rounded once, then moved so that each thread stores 8
-        # consecutive outputs of one batch row (16 bytes)
-        if HAS_BIAS:
-            bn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, acc_layout))
-            acc = acc + gl.load(bias_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
-        store: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
-                                               warps_per_cta=[1, num_warps], order=[0, 1])
-        y = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), store)
-        sn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, store))
-        sm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, store))
-        out = out_ptr + sm[None, :].to(gl.int64) * stride_om + sn[:, None]
-        gl.store(out, y, mask=(sn[:, None] < N) & (sm[None, :] < M))
+        if SPLIT_K > 1:
+            # the split's float32 slice ws[pid_k, m, n] straight from the accumulator's layout (each
+            # 8 lanes of a warp cover 8 consecutive n: whole 32-byte sectors); reduce_partials sums
+            # the slices and adds the bias
+            wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, acc_layout))
+            wm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_layout))
+            dst = ws_ptr + (pid_k * M + wm[None, :]).to(gl.int64) * N + wn[:, None]
+            gl.store(dst, acc, mask=(wn[:, None] < N) & (wm[None, :] < M))
+        else:
+            # out[m, n] = acc[n, m] (+ bias[n]), rounded once, then moved so that each thread stores 8
+            # consecutive outputs of one batch row (16 bytes)
+            if HAS_BIAS:
+                bn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, acc_layout))
+                acc = acc + gl.load(bias_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
+            store: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
+                                                   warps_per_cta=[1, num_warps], order=[0, 1])
+            y = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), store)
+            sn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, store))
+            sm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, store))
+            out = out_ptr + sm[None, :].to(gl.int64) * stride_om + sn[:, None]
+            gl.store(out, y, mask=(sn[:, None] < N) & (sm[None, :] < M))
 
 
 def runs_on(x) -> bool:
@@ -236,11 +251,19 @@ def gluon_w4_fits(layout, x: torch.Tensor) -> bool:
             and tma_rows(x) and tma_rows(layout.packed))
 
 
+def split_ok(k: int, split_k: int) -> bool:
+    """Whether ``split_k`` splits of ``k`` inputs' K steps (``cdiv(steps, split_k)`` each) leave
+    none empty."""
+    steps = k // BLOCK_K
+    return 1 <= split_k <= steps and (split_k - 1) * -(-steps // split_k) < steps
+
+
 def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: int = 256, stages: int = 4,
-                   group_m: int = 8, warps: int = 8) -> torch.Tensor:
+                   group_m: int = 8, warps: int = 8, split_k: int = 1) -> torch.Tensor:
     """``x (M, K)`` bf16 times the layer's 4-bit weight → ``(M, N)`` bf16: ``block_n`` weight rows
     per program over ``warps`` warps (16 rows each, repeated), ``block_m`` batch rows (the MMA's N,
-    ≤ 256)."""
+    ≤ 256), K split ``split_k`` ways (float32 slices summed by a second launch: for layers whose
+    tiles alone leave SMs idle)."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"this Triton has no Gluon: {_IMPORT_ERROR}")
     if block_n not in (128, 256) or block_n % (16 * warps) or block_m not in (64, 128, 256):
@@ -250,16 +273,19 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: i
         raise ValueError("the Gluon W4A16 kernel takes 4-bit codes, bf16 inputs and scales, K and groups in "
                          f"whole {BLOCK_K}-input steps and 16-byte aligned rows")
     m, k = x.shape
+    if not split_ok(k, split_k):
+        raise ValueError(f"{k} inputs cannot be split {split_k} ways into non-empty runs of {BLOCK_K}-input steps")
     n = layout.n
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    res = SplitOutput(m, n, x.dtype, x.device, split_k, tiles, self_reduce=False)
     w_desc = TensorDescriptor(layout.packed, [n, layout.kw], [layout.packed.stride(0), 1], [block_n, WORDS],
                               gl.NVMMASharedLayout.get_default_for([block_n, WORDS], gl.int32))
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [block_m, BLOCK_K],
                               gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], gl.bfloat16))
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    _w4a16_mm_gluon[grid](w_desc, x_desc, layout.scale, layout.zero_or_dummy, bias if bias is not None else out, out,
-                          m, n, k, layout.group_for(BLOCK_K), layout.stride_s, layout.stride_z, out.stride(0),
-                          PAIRS=_pair_layout(warps, block_n), HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None,
-                          STAGES=stages, GROUP_M=group_m, num_warps=warps)
-    return out
+    _w4a16_mm_gluon[(tiles, split_k)](
+        w_desc, x_desc, layout.scale, layout.zero_or_dummy, bias if bias is not None else res.out, res.out, res.ws,
+        m, n, k, layout.group_for(BLOCK_K), layout.stride_s, layout.stride_z, res.out.stride(0),
+        PAIRS=_pair_layout(warps, block_n), HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None and split_k == 1,
+        STAGES=stages, GROUP_M=group_m, SPLIT_K=split_k, num_warps=warps)
+    return res.finish(bias, x.dtype)
 

@@ -207,15 +207,15 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
 # (bench/results/w4a16-gluon-sweep.md): two warpgroups sharing a 256-row batch tile (the
 # dequantization, paid per weight tile, spread over the most MMA work) from 256 rows, 128-row
 # batch tiles below.
-GLUON = ((128, 256, 4, 8, 16), (128, 128, 6, 8, 8))
+GLUON = ((128, 256, 4, 8, 16, 1), (128, 128, 6, 8, 8, 1))
 
 
 def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
     """``gluon`` configs for batch bucket ``b`` (4-bit, from 128 rows, where Gluon builds)."""
     if bits != 4 or b < 128 or not gluon_w4a16_mm.available():
         return []
-    return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, num_warps=w,
-                         num_stages=st, group_m=g) for bn, bm, st, w, g in GLUON]
+    return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, split_k=sk, num_warps=w,
+                         num_stages=st, group_m=g) for bn, bm, st, w, g, sk in GLUON]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -267,7 +267,7 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
         if not gluon_w4a16_mm.gluon_w4_fits(layout, x2):
             x2 = x2.contiguous()  # a batch with other strides than the tuned one's
         return gluon_w4a16_mm.w4a16_mm_gluon(x2, layout, bias, cfg.block_n, cfg.block_m, cfg.num_stages,
-                                             group_m=cfg.group_m, warps=cfg.num_warps)
+                                             group_m=cfg.group_m, warps=cfg.num_warps, split_k=cfg.split_k)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
