@@ -29,14 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import GROUP, L2_ROTATE_BYTES, graph_us, import_lowbit, lowbit_w4, make_codes, rough_us  # noqa: E402
 from run_record import record  # noqa: E402
 
-# (block_n, block_m, stages, group_m, warps[, split_k])
+# (block_n, block_m, stages, group_m, warps[, split_k[, prefetch]])
 CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 256, 4, 16, 8), (128, 128, 4, 8, 8),
            (128, 128, 6, 8, 8), (128, 64, 6, 8, 8),
            # one warpgroup on 128×128 (or ×64) tiles: two programs per SM, one's dequantization beside the other's MMAs
            (128, 128, 4, 8, 4), (128, 128, 3, 8, 4), (128, 64, 6, 8, 4),
            # K split: layers whose tiles alone leave SMs idle (14336×4096)
            (128, 256, 4, 8, 8, 2), (128, 256, 4, 8, 8, 4), (128, 128, 6, 8, 8, 2), (128, 128, 6, 8, 8, 4),
-           (128, 128, 4, 8, 4, 2)]
+           (128, 128, 4, 8, 4, 2),
+           # the next step's code words read while this step's MMAs run
+           (128, 256, 4, 8, 8, 1, True), (128, 128, 6, 8, 8, 1, True), (128, 256, 4, 16, 8, 1, True),
+           (128, 256, 4, 8, 8, 4, True), (128, 256, 4, 8, 8, 2, True)]
 
 
 # warp-specialized: (block_m, stages, group_m, consumers)
@@ -49,7 +52,8 @@ def kernels(pick, ws_pick) -> list:
     from lowbit.kernels import gluon_w4a16_ws as ws
     out = []
     for c in CONFIGS if pick is None else [CONFIGS[int(i)] for i in pick.split(",") if i]:
-        out.append((f"gluon n{c[0]}m{c[1]} s{c[2]} g{c[3]} w{c[4]}" + (f" k{c[5]}" if len(c) > 5 and c[5] > 1 else ""),
+        out.append((f"gluon n{c[0]}m{c[1]} s{c[2]} g{c[3]} w{c[4]}" + (f" k{c[5]}" if len(c) > 5 and c[5] > 1 else "")
+                    + (" pf" if len(c) > 6 and c[6] else ""),
                     lambda x, lay, bias, c=c: g.w4a16_mm_gluon(x, lay, bias, *c)))
     for c in WS_CONFIGS if ws_pick is None else [WS_CONFIGS[int(i)] for i in ws_pick.split(",") if i]:
         out.append((f"ws{c[3]} m{c[0]} s{c[1]} g{c[2]}",

@@ -38,9 +38,9 @@ SCRIPT = textwrap.dedent('''
         xl = repr(gl.NVMMASharedLayout.get_default_for([bm, g.BLOCK_K], gl.bfloat16))
         sig = {"w_desc": f"tensordesc<i32[{bn}, {g.WORDS}],{wl}>", "x_desc": f"tensordesc<bf16[{bm}, {g.BLOCK_K}],{xl}>",
                "s_ptr": "*bf16", "z_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "ws_ptr": "*fp32", "M": "i32", "N": "i32",
-               "K": "i32", "group": "i32", "stride_sn": "i32", "stride_zn": "i32", "stride_om": "i32"}
+               "K": "i32", "stride_sn": "i32", "stride_zn": "i32", "stride_om": "i32"}
         consts = {"PAIRS": g._pair_layout(warps, bn), "HAS_ZERO": True, "HAS_BIAS": True, "STAGES": stages,
-                  "GROUP_M": 8, "SPLIT_K": split, "num_warps": warps}
+                  "GROUP_M": 8, "GROUP_STEPS": 2, "SPLIT_K": split, "PREFETCH": True, "num_warps": warps}
         sig.update({c: "constexpr" for c in consts})
         names = list(sig)
         attrs = {(names.index(n),): [["tt.divisibility", 16]]

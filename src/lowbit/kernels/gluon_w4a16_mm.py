@@ -95,15 +95,30 @@ if _IMPORT_ERROR is None:
     _PTX_PAIR = gl.constexpr(_PTX_PAIR)
 
     @gluon.jit
-    def _row_params(s_ptr, z_ptr, rows, N, g, stride_sn, stride_zn, HAS_ZERO: gl.constexpr):
-        """The rows' ``-(128 + zero)`` and scale for group ``g``, each as a pair of bf16 halves."""
+    def _row_loads(s_ptr, z_ptr, rows, N, g, stride_sn, stride_zn, HAS_ZERO: gl.constexpr):
+        """The rows' scale (bf16) and zero (int32; 8 when symmetric) for group ``g``, as loaded:
+        ``_row_pairs`` turns them into operands a step later, so nothing waits on the loads."""
         rc = gl.where(rows < N, rows, 0)
-        sb = gl.load(s_ptr + rc * stride_sn + g).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        s = gl.load(s_ptr + rc * stride_sn + g)
         if HAS_ZERO:
             z = gl.load(z_ptr + rc * stride_zn + g)
         else:
             z = gl.full(rows.shape, 8, gl.int32, rows.type.layout)
+        return s, z
+
+    @gluon.jit
+    def _row_pairs(s, z):
+        """``-(128 + zero)`` and the scale, each as a pair of bf16 halves in one int32."""
+        sb = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
         return (((0x4300 + z) | 0x8000) & 0xFFFF) * 0x10001, sb * 0x10001
+
+    @gluon.jit
+    def _group(k, GROUP_STEPS: gl.constexpr):
+        """The scale column of K step ``k`` (``GROUP_STEPS`` steps per group; 0: per channel)."""
+        if GROUP_STEPS == 0:
+            return k * 0
+        else:
+            return k // GROUP_STEPS
 
     @gluon.jit
     def _dequant(words, sel, nzz, ss, DOT: gl.constexpr):
@@ -121,21 +136,35 @@ if _IMPORT_ERROR is None:
         return gl.convert_layout(gl.reshape(gl.join(lo, hi), [BN, 64]), DOT), pairs
 
     @gluon.jit
-    def _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group, stride_sn,
-              stride_zn, sel, nzz, ss, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr,
-              HAS_ZERO: gl.constexpr, DOT: gl.constexpr, WL: gl.constexpr, STEP_BYTES: gl.constexpr):
+    def _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn,
+              sel, s_row, z_row, words, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr,
+              HAS_ZERO: gl.constexpr, GROUP_STEPS: gl.constexpr, PREFETCH: gl.constexpr, DOT: gl.constexpr,
+              WL: gl.constexpr, STEP_BYTES: gl.constexpr):
         """Step ``j`` of the program's ``steps`` (K step ``k0 + j``): dequantize its weights
-        (``nzz``/``ss`` its rows' zeros and scales), issue its MMAs, retire the step before's
-        (``p_prev`` its A operand's pairs) and refill that step's stage. Returns the accumulator,
-        this step's A operand and the next step's zeros and scales."""
+        (``s_row``/``z_row`` its rows' scales and zeros as loaded), issue its MMAs, retire the step
+        before's (``p_prev`` its A operand's pairs) and refill that step's stage. Returns the
+        accumulator, this step's A operand and the next step's scales and zeros (loads in flight)."""
         BK: gl.constexpr = x_desc.block_type.shape[1]
         s = j % STAGES
+        nzz, ss = _row_pairs(s_row, z_row)
         # the next step's scales and zeros a step ahead: their loads' latency hides behind this step
-        g_next = ((k0 + gl.minimum(j + 1, steps - 1)) * BK) // group
-        nzz_next, ss_next = _row_params(s_ptr, z_ptr, rows, N, g_next, stride_sn, stride_zn, HAS_ZERO)
-        mbarrier.wait(ready.index(s), (j // STAGES) & 1)
-        a, p = _dequant(w_bufs.index(s).load(WL), sel, nzz, ss, DOT)
+        # (the profile showed the arithmetic on them, placed beside the loads, waiting ~9% of the time)
+        s_next, z_next = _row_loads(s_ptr, z_ptr, rows, N, _group(k0 + gl.minimum(j + 1, steps - 1), GROUP_STEPS),
+                                    stride_sn, stride_zn, HAS_ZERO)
+        if PREFETCH:
+            cur = words   # read a step ahead
+        else:
+            mbarrier.wait(ready.index(s), (j // STAGES) & 1)
+            cur = w_bufs.index(s).load(WL)
+        a, p = _dequant(cur, sel, nzz, ss, DOT)
         acc = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, use_acc=use_acc, is_async=True)
+        if PREFETCH:
+            # the next step's words, read while this step's MMAs run (the last step reads its own again)
+            jn = gl.minimum(j + 1, steps - 1)
+            mbarrier.wait(ready.index(jn % STAGES), (jn // STAGES) & 1)
+            words_next = w_bufs.index(jn % STAGES).load(WL)
+        else:
+            words_next = words
         # Retires the step before's MMAs. Its pairs are kept alive to here, but that alone did not
         # stop the compiler from writing this step's tile into the registers that MMA was reading
         # (the MMA reads a copy); the caller's unrolling by two does (module docstring).
@@ -146,13 +175,13 @@ if _IMPORT_ERROR is None:
         mbarrier.expect(ready.index(ns), STEP_BYTES, pred=pred)
         _tma_load(w_desc, [off_n, (k0 + nj) * (BK // 8)], ready.index(ns), w_bufs.index(ns), pred=pred)
         _tma_load(x_desc, [off_m, (k0 + nj) * BK], ready.index(ns), x_bufs.index(ns), pred=pred)
-        return acc, p, nzz_next, ss_next
+        return acc, p, s_next, z_next, words_next
 
     @gluon.jit
-    def _w4a16_mm_gluon(w_desc, x_desc, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, group,
-                        stride_sn, stride_zn, stride_om, PAIRS: gl.constexpr, HAS_ZERO: gl.constexpr,
-                        HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                        SPLIT_K: gl.constexpr, num_warps: gl.constexpr):
+    def _w4a16_mm_gluon(w_desc, x_desc, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, stride_sn,
+                        stride_zn, stride_om, PAIRS: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        STAGES: gl.constexpr, GROUP_M: gl.constexpr, GROUP_STEPS: gl.constexpr,
+                        SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, num_warps: gl.constexpr):
         BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows (16 per warp, repeated)
         BM: gl.constexpr = x_desc.block_type.shape[0]   # batch rows (the MMA's N)
         BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -186,27 +215,32 @@ if _IMPORT_ERROR is None:
         rows = off_n + gl.arange(0, BN, layout=ROWS)
         # prmt selector for byte c: result bytes (c, c, 4 + c, 4 + c)
         sel = 0x4400 + 0x1111 * gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, PAIRS)))
-        nzz, ss = _row_params(s_ptr, z_ptr, rows, N, (k0 * BK) // group, stride_sn, stride_zn, HAS_ZERO)
+        s_row, z_row = _row_loads(s_ptr, z_ptr, rows, N, _group(k0, GROUP_STEPS), stride_sn, stride_zn, HAS_ZERO)
+        if PREFETCH:
+            mbarrier.wait(ready.index(0), 0)
+            words = w_bufs.index(0).load(WL)
+        else:
+            words = s_row  # unused
         # The first step outside the loop: had the accumulator a path to the last wait that skips
         # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
-        acc, p, nzz, ss = _step(0, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
-                                stride_sn, stride_zn, sel, nzz, ss, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
-                                gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n, False, STAGES, HAS_ZERO,
+        acc, p, s_row, z_row, words = _step(0, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+                                stride_sn, stride_zn, sel, s_row, z_row, words, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
+                                gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n, False, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH,
                                 DOT, WL, STEP_BYTES)
         # Unrolled by two: each step's A operand has its own registers, first written again only
         # after the wait that retired the MMA reading them (a loop-carried operand would be
         # rewritten while its MMA is in flight)
         for j in range(1, steps - 1, 2):
-            acc, p1, nzz, ss = _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, group,
-                                     stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES, HAS_ZERO,
+            acc, p1, s_row, z_row, words = _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+                                     stride_sn, stride_zn, sel, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH,
                                      DOT, WL, STEP_BYTES)
-            acc, p, nzz, ss = _step(j + 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
-                                    group, stride_sn, stride_zn, sel, nzz, ss, acc, p1, off_m, off_n, True, STAGES,
-                                    HAS_ZERO, DOT, WL, STEP_BYTES)
+            acc, p, s_row, z_row, words = _step(j + 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+                                    stride_sn, stride_zn, sel, s_row, z_row, words, acc, p1, off_m, off_n, True, STAGES,
+                                    HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
         if steps % 2 == 0:
-            acc, p, nzz, ss = _step(steps - 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
-                                    group, stride_sn, stride_zn, sel, nzz, ss, acc, p, off_m, off_n, True, STAGES,
-                                    HAS_ZERO, DOT, WL, STEP_BYTES)
+            acc, p, s_row, z_row, words = _step(steps - 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
+                                    stride_sn, stride_zn, sel, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES,
+                                    HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
         acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
@@ -259,7 +293,7 @@ def split_ok(k: int, split_k: int) -> bool:
 
 
 def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: int = 256, stages: int = 4,
-                   group_m: int = 8, warps: int = 8, split_k: int = 1) -> torch.Tensor:
+                   group_m: int = 8, warps: int = 8, split_k: int = 1, prefetch: bool = False) -> torch.Tensor:
     """``x (M, K)`` bf16 times the layer's 4-bit weight → ``(M, N)`` bf16: ``block_n`` weight rows
     per program over ``warps`` warps (16 rows each, repeated), ``block_m`` batch rows (the MMA's N,
     ≤ 256), K split ``split_k`` ways (float32 slices summed by a second launch: for layers whose
@@ -284,8 +318,9 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: i
                               gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], gl.bfloat16))
     _w4a16_mm_gluon[(tiles, split_k)](
         w_desc, x_desc, layout.scale, layout.zero_or_dummy, bias if bias is not None else res.out, res.out, res.ws,
-        m, n, k, layout.group_for(BLOCK_K), layout.stride_s, layout.stride_z, res.out.stride(0),
+        m, n, k, layout.stride_s, layout.stride_z, res.out.stride(0),
         PAIRS=_pair_layout(warps, block_n), HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None and split_k == 1,
-        STAGES=stages, GROUP_M=group_m, SPLIT_K=split_k, num_warps=warps)
+        STAGES=stages, GROUP_M=group_m, GROUP_STEPS=max(layout.group_size, 0) // BLOCK_K, SPLIT_K=split_k,
+        PREFETCH=prefetch, num_warps=warps)
     return res.finish(bias, x.dtype)
 
