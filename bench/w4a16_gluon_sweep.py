@@ -1,9 +1,8 @@
-"""Sweep of the Gluon W4A16 GEMMs (kernels/gluon_w4a16_mm.py and its warp-specialized variant
-gluon_w4a16_ws.py) against bf16 ``F.linear`` and lowbit's tuned dispatch, at the large batches
-where weight-only layers must keep up with bf16.
+"""Sweep of the Gluon W4A16 GEMM (kernels/gluon_w4a16_mm.py) against bf16 ``F.linear`` and
+lowbit's tuned dispatch, at the large batches where weight-only layers must keep up with bf16.
 
     PYTHONPATH=src python3 bench/w4a16_gluon_sweep.py --out $OUT
-    PYTHONPATH=src python3 bench/w4a16_gluon_sweep.py --shapes 4096x14336 --batches 1024 --pick 0,2 --ws-pick 0
+    PYTHONPATH=src python3 bench/w4a16_gluon_sweep.py --shapes 4096x14336 --batches 1024 --pick 0,2
 
 Conditions are bench/kernels.py's: int4 asym g128 codes (bf16 scales, int zeros), CUDA-graph
 replays cycling through weight copies larger than L2, median of 7 replays. Each Gluon config is
@@ -32,32 +31,21 @@ from run_record import record  # noqa: E402
 # (block_n, block_m, stages, group_m, warps[, split_k[, prefetch]])
 CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 256, 4, 16, 8), (128, 128, 4, 8, 8),
            (128, 128, 6, 8, 8), (128, 64, 6, 8, 8),
-           # one warpgroup on 128×128 (or ×64) tiles: two programs per SM, one's dequantization beside the other's MMAs
-           (128, 128, 4, 8, 4), (128, 128, 3, 8, 4), (128, 64, 6, 8, 4),
            # K split: layers whose tiles alone leave SMs idle (14336×4096)
            (128, 256, 4, 8, 8, 2), (128, 256, 4, 8, 8, 4), (128, 128, 6, 8, 8, 2), (128, 128, 6, 8, 8, 4),
-           (128, 128, 4, 8, 4, 2),
            # the next step's code words read while this step's MMAs run
            (128, 256, 4, 8, 8, 1, True), (128, 128, 6, 8, 8, 1, True), (128, 256, 4, 16, 8, 1, True),
            (128, 256, 4, 8, 8, 4, True), (128, 256, 4, 8, 8, 2, True)]
 
 
-# warp-specialized: (block_m, stages, group_m, consumers)
-WS_CONFIGS = [(256, 4, 8, 1), (256, 5, 8, 1), (256, 4, 8, 2), (128, 6, 8, 1)]
-
-
-def kernels(pick, ws_pick) -> list:
-    """(label, fn(x, layout, bias)) for the picked configs of both kernels."""
+def kernels(pick) -> list:
+    """(label, fn(x, layout, bias)) for the picked configs."""
     from lowbit.kernels import gluon_w4a16_mm as g
-    from lowbit.kernels import gluon_w4a16_ws as ws
     out = []
     for c in CONFIGS if pick is None else [CONFIGS[int(i)] for i in pick.split(",") if i]:
         out.append((f"gluon n{c[0]}m{c[1]} s{c[2]} g{c[3]} w{c[4]}" + (f" k{c[5]}" if len(c) > 5 and c[5] > 1 else "")
                     + (" pf" if len(c) > 6 and c[6] else ""),
                     lambda x, lay, bias, c=c: g.w4a16_mm_gluon(x, lay, bias, *c)))
-    for c in WS_CONFIGS if ws_pick is None else [WS_CONFIGS[int(i)] for i in ws_pick.split(",") if i]:
-        out.append((f"ws{c[3]} m{c[0]} s{c[1]} g{c[2]}",
-                    lambda x, lay, bias, c=c: ws.w4a16_mm_gluon_ws(x, lay, bias, *c)))
     return out
 
 
@@ -100,14 +88,13 @@ def main():
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x28672,4096x4096", help="K×N list")
     ap.add_argument("--batches", default="128,256,512,1024,2048,4096")
     ap.add_argument("--pick", default=None, help="indices into CONFIGS (default: all; '' for none)")
-    ap.add_argument("--ws-pick", default=None, help="indices into WS_CONFIGS (default: all; '' for none)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     notes: list = []
     import_lowbit(notes)
     from lowbit.kernels.triton_layout import WeightLayout
 
-    fns = kernels(args.pick, args.ws_pick)
+    fns = kernels(args.pick)
     variant_errs = check_variants(fns, notes)
     print("variants:", variant_errs, flush=True)
     rows = []

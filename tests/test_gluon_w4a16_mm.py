@@ -32,15 +32,15 @@ SCRIPT = textwrap.dedent('''
     BIN = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin")
 
     report = {}
-    # every config the dispatch offers, and the first with its K split (the float32 slices' epilogue)
-    for bn, bm, stages, warps, _, split in list(GLUON) + [GLUON[0][:5] + (4,)]:
+    # every config the dispatch offers (with and without K split and read-ahead)
+    for bn, bm, stages, warps, _, split, prefetch in GLUON:
         wl = repr(gl.NVMMASharedLayout.get_default_for([bn, g.WORDS], gl.int32))
         xl = repr(gl.NVMMASharedLayout.get_default_for([bm, g.BLOCK_K], gl.bfloat16))
         sig = {"w_desc": f"tensordesc<i32[{bn}, {g.WORDS}],{wl}>", "x_desc": f"tensordesc<bf16[{bm}, {g.BLOCK_K}],{xl}>",
                "s_ptr": "*bf16", "z_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "ws_ptr": "*fp32", "M": "i32", "N": "i32",
                "K": "i32", "stride_sn": "i32", "stride_zn": "i32", "stride_om": "i32"}
         consts = {"PAIRS": g._pair_layout(warps, bn), "HAS_ZERO": True, "HAS_BIAS": True, "STAGES": stages,
-                  "GROUP_M": 8, "GROUP_STEPS": 2, "SPLIT_K": split, "PREFETCH": True, "num_warps": warps}
+                  "GROUP_M": 8, "GROUP_STEPS": 2, "SPLIT_K": split, "PREFETCH": prefetch, "num_warps": warps}
         sig.update({c: "constexpr" for c in consts})
         names = list(sig)
         attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent('''
                     sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path + ".o"],
                                           capture_output=True, text=True).stdout
                     break
-        report[f"n{bn}m{bm}w{warps}s{split}"] = {
+        report[f"n{bn}m{bm}w{warps}s{split}" + ("pf" if prefetch else "")] = {
             "mma": sorted(set(re.findall(r"wgmma\\.mma_async\\.sync\\.aligned\\.([\\w.]+)", ptx))),
             "waits": sorted(set(re.findall(r"wgmma\\.wait_group\\.sync\\.aligned (\\d+)", ptx))),
             "prmt": ptx.count("prmt.b32"), "fma_bf16x2": ptx.count("fma.rn.bf16x2"),
@@ -114,9 +114,10 @@ def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
     if not gluon_w4a16_mm.available():
         pytest.skip("this Triton has no Gluon")
     report = run_sm90_script(SCRIPT)
-    assert report["n128m256w8s1"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
-    assert report["n128m128w8s1"]["mma"] == ["m64n128k16.f32.bf16.bf16"], report.keys()
+    assert report["n128m256w8s1pf"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
+    assert report["n128m128w8s1pf"]["mma"] == ["m64n128k16.f32.bf16.bf16"], report.keys()
     assert report["n128m256w8s4"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
+    assert report["n128m256w8s2pf"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
     for r in report.values():
         assert "1" in r["waits"], r["waits"]              # one K step's MMAs stay in flight
         assert r["prmt"] > 0 and r["fma_bf16x2"] > 0      # the packed dequantization reached the PTX
@@ -139,7 +140,8 @@ def test_dispatch_offers_gluon_to_4_bit_layers_above_64_rows():
         assert "gluon" not in {c.path for c in candidates(m, 4)}
     for m in (65, 128, 256, 1000, 4096):  # the batch buckets from 128
         cfgs = [c for c in candidates(m, 4) if c.path == "gluon"]
-        assert [(c.block_n, c.block_m, c.num_stages, c.num_warps, c.group_m, c.split_k) for c in cfgs] == list(GLUON)
+        assert [(c.block_n, c.block_m, c.num_stages, c.num_warps, c.group_m, c.split_k, c.prefetch)
+                for c in cfgs] == list(GLUON)
         assert "gluon" not in {c.path for c in candidates(m, 8)}
 
 

@@ -141,9 +141,10 @@ if _IMPORT_ERROR is None:
               HAS_ZERO: gl.constexpr, GROUP_STEPS: gl.constexpr, PREFETCH: gl.constexpr, DOT: gl.constexpr,
               WL: gl.constexpr, STEP_BYTES: gl.constexpr):
         """Step ``j`` of the program's ``steps`` (K step ``k0 + j``): dequantize its weights
-        (``s_row``/``z_row`` its rows' scales and zeros as loaded), issue its MMAs, retire the step
-        before's (``p_prev`` its A operand's pairs) and refill that step's stage. Returns the
-        accumulator, this step's A operand and the next step's scales and zeros (loads in flight)."""
+        (``s_row``/``z_row`` its rows' scales and zeros as loaded; with ``PREFETCH`` its code
+        ``words`` too, read during the step before), issue its MMAs, retire the step before's
+        (``p_prev`` its A operand's pairs) and refill that step's stage. Returns the accumulator,
+        this step's A operand, the next step's scales and zeros (loads in flight) and words."""
         BK: gl.constexpr = x_desc.block_type.shape[1]
         s = j % STAGES
         nzz, ss = _row_pairs(s_row, z_row)
@@ -221,26 +222,26 @@ if _IMPORT_ERROR is None:
             words = w_bufs.index(0).load(WL)
         else:
             words = s_row  # unused
+        # the step's fixed arguments; then the carried ones: scales, zeros, words, accumulator and
+        # the pairs of the MMA in flight
+        fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
         # The first step outside the loop: had the accumulator a path to the last wait that skips
         # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
-        acc, p, s_row, z_row, words = _step(0, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
-                                stride_sn, stride_zn, sel, s_row, z_row, words, gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
-                                gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n, False, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH,
-                                DOT, WL, STEP_BYTES)
+        acc, p, s_row, z_row, words = _step(0, *fixed, s_row, z_row, words,
+                                            gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
+                                            gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n,
+                                            False, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
         # Unrolled by two: each step's A operand has its own registers, first written again only
         # after the wait that retired the MMA reading them (a loop-carried operand would be
         # rewritten while its MMA is in flight)
         for j in range(1, steps - 1, 2):
-            acc, p1, s_row, z_row, words = _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
-                                     stride_sn, stride_zn, sel, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH,
-                                     DOT, WL, STEP_BYTES)
-            acc, p, s_row, z_row, words = _step(j + 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
-                                    stride_sn, stride_zn, sel, s_row, z_row, words, acc, p1, off_m, off_n, True, STAGES,
-                                    HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+            acc, p1, s_row, z_row, words = _step(j, *fixed, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES,
+                                                 HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+            acc, p, s_row, z_row, words = _step(j + 1, *fixed, s_row, z_row, words, acc, p1, off_m, off_n, True,
+                                                STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
         if steps % 2 == 0:
-            acc, p, s_row, z_row, words = _step(steps - 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N,
-                                    stride_sn, stride_zn, sel, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES,
-                                    HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+            acc, p, s_row, z_row, words = _step(steps - 1, *fixed, s_row, z_row, words, acc, p, off_m, off_n, True,
+                                                STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
         acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))

@@ -61,6 +61,7 @@ class KernelConfig:
     fuse_x: bool = False      # gemv_half2 only: pair and scale x inside the GEMV (no input pass)
     maxnreg: int | None = None  # gemv_half2 only: register cap per thread (more warps per SM)
     group_m: int = 8          # gluon only: batch tiles sharing each weight tile while it is in L2
+    prefetch: bool = False    # gluon only: read the next step's code words while this step's MMAs run
 
     def label(self) -> str:
         if self.path == "dequant":
@@ -69,7 +70,7 @@ class KernelConfig:
         return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}" + (" fx" if self.fuse_x else "")
                 + (f" r{self.maxnreg}" if self.maxnreg else "")
-                + (f" g{self.group_m}" if self.group_m != 8 else ""))
+                + (f" g{self.group_m}" if self.group_m != 8 else "") + (" pf" if self.prefetch else ""))
 
 
 def batch_bucket(m: int) -> int:
@@ -203,11 +204,13 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
 
 
 # The Gluon kernel (4-bit, Hopper, bf16): (weight rows, batch rows, stages, warps, grouped batch
-# tiles), the configs that won in bench/w4a16_gluon_sweep.py on the H100
-# (bench/results/w4a16-gluon-sweep.md): two warpgroups sharing a 256-row batch tile (the
-# dequantization, paid per weight tile, spread over the most MMA work) from 256 rows, 128-row
-# batch tiles below.
-GLUON = ((128, 256, 4, 8, 16, 1), (128, 128, 6, 8, 8, 1))
+# tiles, K split, code words read a step ahead), the configs that won in bench/w4a16_gluon_sweep.py
+# on the H100 (bench/results/w4a16-gluon-sweep-prefetch.md): two warpgroups sharing a 256-row batch
+# tile (the dequantization, paid per weight tile, spread over the most MMA work) from 256 rows,
+# 128-row batch tiles at 128 (reading ahead: 8-23% faster there), and K split 4 or 2 ways for
+# layers whose tiles alone leave SMs idle (14336×4096: 0.61 → 1.03× bf16 at 256 rows).
+GLUON = ((128, 256, 4, 8, 16, 1, True), (128, 128, 6, 8, 8, 1, True), (128, 256, 4, 8, 8, 4, False),
+         (128, 256, 4, 8, 8, 2, True))
 
 
 def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -215,7 +218,7 @@ def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
     if bits != 4 or b < 128 or not gluon_w4a16_mm.available():
         return []
     return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, split_k=sk, num_warps=w,
-                         num_stages=st, group_m=g) for bn, bm, st, w, g, sk in GLUON]
+                         num_stages=st, group_m=g, prefetch=pf) for bn, bm, st, w, g, sk, pf in GLUON]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -267,7 +270,8 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
         if not gluon_w4a16_mm.gluon_w4_fits(layout, x2):
             x2 = x2.contiguous()  # a batch with other strides than the tuned one's
         return gluon_w4a16_mm.w4a16_mm_gluon(x2, layout, bias, cfg.block_n, cfg.block_m, cfg.num_stages,
-                                             group_m=cfg.group_m, warps=cfg.num_warps, split_k=cfg.split_k)
+                                             group_m=cfg.group_m, warps=cfg.num_warps, split_k=cfg.split_k,
+                                             prefetch=cfg.prefetch)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
