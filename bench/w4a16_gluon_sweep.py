@@ -35,7 +35,12 @@ CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 
            (128, 256, 4, 8, 8, 2), (128, 256, 4, 8, 8, 4), (128, 128, 6, 8, 8, 2), (128, 128, 6, 8, 8, 4),
            # the next step's code words read while this step's MMAs run
            (128, 256, 4, 8, 8, 1, True), (128, 128, 6, 8, 8, 1, True), (128, 256, 4, 16, 8, 1, True),
-           (128, 256, 4, 8, 8, 4, True), (128, 256, 4, 8, 8, 2, True)]
+           (128, 256, 4, 8, 8, 4, True), (128, 256, 4, 8, 8, 2, True),
+           # small batches (the MMA's N 16–64): 64-row weight tiles on one warpgroup or 128 on two, deep
+           # pipelines, K split for more programs in flight
+           (64, 16, 8, 8, 4, 1, True), (64, 16, 8, 8, 4, 2, True), (64, 16, 8, 8, 4, 4, True),
+           (128, 16, 8, 8, 8, 1, True), (128, 16, 8, 8, 8, 2, True), (64, 32, 8, 8, 4, 2, True),
+           (64, 64, 6, 8, 4, 1, True), (128, 64, 6, 8, 8, 1, True), (64, 64, 6, 8, 4, 2, True)]
 
 
 def kernels(pick) -> list:

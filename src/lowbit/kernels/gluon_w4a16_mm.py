@@ -260,7 +260,8 @@ if _IMPORT_ERROR is None:
             if HAS_BIAS:
                 bn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, acc_layout))
                 acc = acc + gl.load(bias_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
-            store: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
+            LANES_N: gl.constexpr = 32 if BN >= 256 else BN // 8
+            store: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[LANES_N, 32 // LANES_N],
                                                    warps_per_cta=[1, num_warps], order=[0, 1])
             y = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), store)
             sn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, store))
@@ -301,9 +302,9 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: i
     tiles alone leave SMs idle)."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"this Triton has no Gluon: {_IMPORT_ERROR}")
-    if block_n not in (128, 256) or block_n % (16 * warps) or block_m not in (64, 128, 256):
+    if block_n not in (64, 128, 256) or block_n % (16 * warps) or block_m not in (16, 32, 64, 128, 256):
         raise ValueError(f"tiles of {block_n} weight rows on {warps} warps by {block_m} batch rows: the kernel takes "
-                         "128 or 256 weight rows, a multiple of 16 per warp, and 64–256 batch rows")
+                         "64, 128 or 256 weight rows, a multiple of 16 per warp, and 16–256 batch rows")
     if not gluon_w4_fits(layout, x):
         raise ValueError("the Gluon W4A16 kernel takes 4-bit codes, bf16 inputs and scales, K and groups in "
                          f"whole {BLOCK_K}-input steps and 16-byte aligned rows")
