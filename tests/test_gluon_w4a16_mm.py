@@ -1,6 +1,6 @@
-"""The Gluon W4A16 GEMM (kernels/gluon_w4a16_mm.py): it builds for the H100 as the dispatch launches
-it, with one K step's MMAs in flight and none serialized by ptxas, and the dispatch offers it where
-it should.
+"""The Gluon W4A16 GEMM (kernels/gluon_w4a16_mm.py): it builds for the H100 in every config the
+dispatch launches (16- to 256-row batch tiles, K split or not, code words read ahead or not), with one
+K step's MMAs in flight and none serialized by ptxas, and the dispatch offers it where it should.
 
 Gluon has no interpreter, so the kernel's arithmetic is checked on the GPU: ``bench/w4a16_gluon_sweep.py``
 compares every config with a float64 dequantize-then-matmul reference (and ``bench/kernels.py``'s
@@ -27,13 +27,13 @@ SCRIPT = textwrap.dedent('''
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon import language as gl
     from lowbit.kernels import gluon_w4a16_mm as g
-    from lowbit.kernels.triton_weight_only import GLUON
+    from lowbit.kernels.triton_weight_only import GLUON, GLUON_SMALL
 
     BIN = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin")
 
     report = {}
     # every config the dispatch offers (with and without K split and read-ahead)
-    for bn, bm, stages, warps, _, split, prefetch in GLUON:
+    for bn, bm, stages, warps, _, split, prefetch in dict.fromkeys(GLUON + sum(GLUON_SMALL.values(), ())):
         wl = repr(gl.NVMMASharedLayout.get_default_for([bn, g.WORDS], gl.int32))
         xl = repr(gl.NVMMASharedLayout.get_default_for([bm, g.BLOCK_K], gl.bfloat16))
         sig = {"w_desc": f"tensordesc<i32[{bn}, {g.WORDS}],{wl}>", "x_desc": f"tensordesc<bf16[{bm}, {g.BLOCK_K}],{xl}>",
@@ -118,6 +118,9 @@ def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
     assert report["n128m128w8s1pf"]["mma"] == ["m64n128k16.f32.bf16.bf16"], report.keys()
     assert report["n128m256w8s4"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
     assert report["n128m256w8s2pf"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
+    assert report["n64m16w4s4pf"]["mma"] == ["m64n16k16.f32.bf16.bf16"], report.keys()
+    assert report["n64m32w4s2pf"]["mma"] == ["m64n32k16.f32.bf16.bf16"], report.keys()
+    assert report["n64m64w4s1pf"]["mma"] == ["m64n64k16.f32.bf16.bf16"], report.keys()
     for r in report.values():
         assert "1" in r["waits"], r["waits"]              # one K step's MMAs stay in flight
         assert r["prmt"] > 0 and r["fma_bf16x2"] > 0      # the packed dequantization reached the PTX
@@ -130,19 +133,24 @@ def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
             assert register_operand_hazards(r["sass"]) == []
 
 
-def test_dispatch_offers_gluon_to_4_bit_layers_above_64_rows():
+def test_dispatch_offers_gluon_to_4_bit_layers_from_2_rows():
     from lowbit.kernels import gluon_w4a16_mm
-    from lowbit.kernels.triton_weight_only import GLUON, candidates
+    from lowbit.kernels.triton_weight_only import GLUON, GLUON_SMALL, candidates
 
     if not gluon_w4a16_mm.available():
         pytest.skip("this Triton has no Gluon")
-    for m in (1, 2, 16, 64):
-        assert "gluon" not in {c.path for c in candidates(m, 4)}
-    for m in (65, 128, 256, 1000, 4096):  # the batch buckets from 128
-        cfgs = [c for c in candidates(m, 4) if c.path == "gluon"]
-        assert [(c.block_n, c.block_m, c.num_stages, c.num_warps, c.group_m, c.split_k, c.prefetch)
-                for c in cfgs] == list(GLUON)
-        assert "gluon" not in {c.path for c in candidates(m, 8)}
+
+    def offered(m, bits=4):
+        return [(c.block_n, c.block_m, c.num_stages, c.num_warps, c.group_m, c.split_k, c.prefetch)
+                for c in candidates(m, bits) if c.path == "gluon"]
+
+    assert offered(1) == []                                   # batch 1: the half2 GEMV
+    for m, key in ((2, 16), (3, 16), (16, 16), (17, 32), (32, 32), (33, 64), (64, 64)):
+        assert offered(m) == list(GLUON_SMALL[key]), m
+    for m in (65, 128, 256, 1000, 4096):                      # the batch buckets from 128
+        assert offered(m) == list(GLUON), m
+    for m in (2, 64, 4096):
+        assert offered(m, bits=8) == []
 
 
 def test_gluon_path_refuses_what_it_cannot_run():

@@ -126,7 +126,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
     small = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
                           num_stages=1, fuse_x=fx)
              for bn, bk, s, w, fx in HALF2_SMALL.get(b, [])] if bits == 4 else []
-    small += frag_configs(b, bits)
+    small += frag_configs(b, bits) + gluon_configs(b, bits)
     if b <= 64:
         bm = max(16, b)
         planes = [
@@ -211,14 +211,22 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
 # layers whose tiles alone leave SMs idle (14336×4096: 0.61 → 1.03× bf16 at 256 rows).
 GLUON = ((128, 256, 4, 8, 16, 1, True), (128, 128, 6, 8, 8, 1, True), (128, 256, 4, 8, 8, 4, False),
          (128, 256, 4, 8, 8, 2, True))
+# Batches of 2-64 (bench/results/w4a16-gluon-sweep-small.md): 64-row weight tiles on one warpgroup,
+# batch tiles of 16-64 rows (the MMA's N), eight stages, K split two or four ways; 128-row tiles on
+# two warpgroups at 64 rows. Against the dispatch's earlier choices (pairs, the half2 GEMV): 1.1-1.2x
+# at batches 4-16, 1.1-1.3x at 64; the half2 GEMV keeps batch 2.
+GLUON_SMALL = {16: ((64, 16, 8, 4, 8, 4, True), (64, 16, 8, 4, 8, 2, True)),
+               32: ((64, 32, 8, 4, 8, 2, True), (64, 64, 6, 4, 8, 2, True), (128, 64, 6, 8, 8, 1, True)),
+               64: ((64, 64, 6, 4, 8, 1, True), (128, 64, 6, 8, 8, 1, True), (64, 64, 6, 4, 8, 2, True))}
 
 
 def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
-    """``gluon`` configs for batch bucket ``b`` (4-bit, from 128 rows, where Gluon builds)."""
-    if bits != 4 or b < 128 or not gluon_w4a16_mm.available():
+    """``gluon`` configs for batch bucket ``b`` (4-bit, batches of 2 and more, where Gluon builds)."""
+    if bits != 4 or b < 2 or not gluon_w4a16_mm.available():
         return []
+    table = GLUON if b > 64 else GLUON_SMALL[max(16, b)]
     return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, split_k=sk, num_warps=w,
-                         num_stages=st, group_m=g, prefetch=pf) for bn, bm, st, w, g, sk, pf in GLUON]
+                         num_stages=st, group_m=g, prefetch=pf) for bn, bm, st, w, g, sk, pf in table]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
