@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import GROUP, L2_ROTATE_BYTES, graph_us, import_lowbit, lowbit_w4, make_codes, rough_us  # noqa: E402
 from run_record import record  # noqa: E402
 
-# (block_n, block_m, stages, group_m, warps[, split_k[, prefetch]])
+# (block_n, block_m, stages, group_m, warps[, split_k[, prefetch[, sub-steps]]])
 CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 256, 4, 16, 8), (128, 128, 4, 8, 8),
            (128, 128, 6, 8, 8), (128, 64, 6, 8, 8),
            # K split: layers whose tiles alone leave SMs idle (14336×4096)
@@ -40,7 +40,11 @@ CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 
            # pipelines, K split for more programs in flight
            (64, 16, 8, 8, 4, 1, True), (64, 16, 8, 8, 4, 2, True), (64, 16, 8, 8, 4, 4, True),
            (128, 16, 8, 8, 8, 1, True), (128, 16, 8, 8, 8, 2, True), (64, 32, 8, 8, 4, 2, True),
-           (64, 64, 6, 8, 4, 1, True), (128, 64, 6, 8, 8, 1, True), (64, 64, 6, 8, 4, 2, True)]
+           (64, 64, 6, 8, 4, 1, True), (128, 64, 6, 8, 8, 1, True), (64, 64, 6, 8, 4, 2, True),
+           # two 64-input sub-steps per pipeline step: barriers, copies issued and scale loads once per 128
+           (64, 16, 4, 8, 4, 4, False, 2), (64, 16, 4, 8, 4, 2, False, 2), (64, 64, 3, 8, 4, 1, False, 2),
+           (128, 64, 3, 8, 8, 1, False, 2), (128, 128, 3, 8, 8, 1, False, 2), (128, 256, 3, 16, 8, 1, False, 2),
+           (128, 256, 2, 16, 8, 1, False, 2)]
 
 
 def kernels(pick) -> list:
@@ -49,7 +53,7 @@ def kernels(pick) -> list:
     out = []
     for c in CONFIGS if pick is None else [CONFIGS[int(i)] for i in pick.split(",") if i]:
         out.append((f"gluon n{c[0]}m{c[1]} s{c[2]} g{c[3]} w{c[4]}" + (f" k{c[5]}" if len(c) > 5 and c[5] > 1 else "")
-                    + (" pf" if len(c) > 6 and c[6] else ""),
+                    + (" pf" if len(c) > 6 and c[6] else "") + (f" u{c[7]}" if len(c) > 7 else ""),
                     lambda x, lay, bias, c=c: g.w4a16_mm_gluon(x, lay, bias, *c)))
     return out
 

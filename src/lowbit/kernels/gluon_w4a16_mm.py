@@ -136,6 +136,20 @@ if _IMPORT_ERROR is None:
         return gl.convert_layout(gl.reshape(gl.join(lo, hi), [BN, 64]), DOT), pairs
 
     @gluon.jit
+    def _fill(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, off_m, off_n, STAGES: gl.constexpr,
+              SUB: gl.constexpr, STEP_BYTES: gl.constexpr):
+        """Issue the copies of step ``j`` (``SUB`` K sub-steps of 64 inputs from sub-step
+        ``(k0 + j)·SUB``) into its stage, if the program has that step."""
+        BK: gl.constexpr = x_desc.block_type.shape[1]
+        s = j % STAGES
+        pred = j < steps
+        mbarrier.expect(ready.index(s), STEP_BYTES * SUB, pred=pred)
+        for h in gl.static_range(SUB):
+            kk = (k0 + j) * SUB + h
+            _tma_load(w_desc, [off_n, kk * (BK // 8)], ready.index(s), w_bufs.index(s * SUB + h), pred=pred)
+            _tma_load(x_desc, [off_m, kk * BK], ready.index(s), x_bufs.index(s * SUB + h), pred=pred)
+
+    @gluon.jit
     def _step(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn,
               sel, s_row, z_row, words, acc, p_prev, off_m, off_n, use_acc, STAGES: gl.constexpr,
               HAS_ZERO: gl.constexpr, GROUP_STEPS: gl.constexpr, PREFETCH: gl.constexpr, DOT: gl.constexpr,
@@ -170,19 +184,39 @@ if _IMPORT_ERROR is None:
         # stop the compiler from writing this step's tile into the registers that MMA was reading
         # (the MMA reads a copy); the caller's unrolling by two does (module docstring).
         acc, p_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, p_prev))
-        nj = j + STAGES - 1
-        ns = nj % STAGES
-        pred = nj < steps
-        mbarrier.expect(ready.index(ns), STEP_BYTES, pred=pred)
-        _tma_load(w_desc, [off_n, (k0 + nj) * (BK // 8)], ready.index(ns), w_bufs.index(ns), pred=pred)
-        _tma_load(x_desc, [off_m, (k0 + nj) * BK], ready.index(ns), x_bufs.index(ns), pred=pred)
+        _fill(j + STAGES - 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, off_m, off_n, STAGES, 1, STEP_BYTES)
         return acc, p, s_next, z_next, words_next
+
+    @gluon.jit
+    def _step2(j, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn,
+               sel, s_row, z_row, acc, pa_prev, pb_prev, off_m, off_n, use_acc, STAGES: gl.constexpr,
+               HAS_ZERO: gl.constexpr, GROUP_STEPS: gl.constexpr, DOT: gl.constexpr, WL: gl.constexpr,
+               STEP_BYTES: gl.constexpr):
+        """``_step`` with two 64-input sub-steps per step (one group of scales, one wait and one
+        refill for both): the per-step work that is not dequantization or MMA (barriers, copies
+        issued, scale loads) paid once per 128 inputs. Each sub-step's A operand has its own
+        registers; the wait retires the step before's two MMAs."""
+        s = j % STAGES
+        nzz, ss = _row_pairs(s_row, z_row)
+        s_next, z_next = _row_loads(s_ptr, z_ptr, rows, N, _group(k0 + gl.minimum(j + 1, steps - 1), GROUP_STEPS),
+                                    stride_sn, stride_zn, HAS_ZERO)
+        mbarrier.wait(ready.index(s), (j // STAGES) & 1)
+        wa = w_bufs.index(2 * s).load(WL)
+        wb = w_bufs.index(2 * s + 1).load(WL)
+        a, pa = _dequant(wa, sel, nzz, ss, DOT)
+        acc = warpgroup_mma(a, x_bufs.index(2 * s).permute((1, 0)), acc, use_acc=use_acc, is_async=True)
+        b, pb = _dequant(wb, sel, nzz, ss, DOT)
+        acc = warpgroup_mma(b, x_bufs.index(2 * s + 1).permute((1, 0)), acc, use_acc=True, is_async=True)
+        acc, pa_prev, pb_prev = warpgroup_mma_wait(num_outstanding=2, deps=(acc, pa_prev, pb_prev))
+        _fill(j + STAGES - 1, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, off_m, off_n, STAGES, 2, STEP_BYTES)
+        return acc, pa, pb, s_next, z_next
 
     @gluon.jit
     def _w4a16_mm_gluon(w_desc, x_desc, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, stride_sn,
                         stride_zn, stride_om, PAIRS: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr,
                         STAGES: gl.constexpr, GROUP_M: gl.constexpr, GROUP_STEPS: gl.constexpr,
-                        SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, num_warps: gl.constexpr):
+                        SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, SUB: gl.constexpr,
+                        num_warps: gl.constexpr):
         BN: gl.constexpr = w_desc.block_type.shape[0]   # weight rows (16 per warp, repeated)
         BM: gl.constexpr = x_desc.block_type.shape[0]   # batch rows (the MMA's N)
         BK: gl.constexpr = x_desc.block_type.shape[1]
@@ -192,8 +226,8 @@ if _IMPORT_ERROR is None:
         WL: gl.constexpr = gl.SliceLayout(2, PAIRS)
         ROWS: gl.constexpr = gl.SliceLayout(1, WL)
 
-        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BN, BK // 8], w_desc.layout)
-        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK], x_desc.layout)
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES * SUB, BN, BK // 8], w_desc.layout)
+        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES * SUB, BM, BK], x_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
@@ -201,48 +235,62 @@ if _IMPORT_ERROR is None:
         pid_m, pid_n = _grouped(gl.program_id(0), gl.cdiv(M, BM), gl.cdiv(N, BN), GROUP_M)
         off_m = pid_m * BM
         off_n = pid_n * BN
-        # split pid_k's K steps [k0, k0 + steps): the host keeps every split non-empty
+        # split pid_k's steps (of SUB·64 inputs) [k0, k0 + steps): the host keeps every split non-empty
         pid_k = gl.program_id(1)
-        per_split = gl.cdiv(gl.cdiv(K, BK), SPLIT_K)
+        per_split = gl.cdiv(gl.cdiv(K, BK * SUB), SPLIT_K)
         k0 = pid_k * per_split
-        steps = gl.minimum(per_split, gl.cdiv(K, BK) - k0)
-        STEP_BYTES: gl.constexpr = BN * BK // 2 + BM * BK * 2  # codes, then inputs
+        steps = gl.minimum(per_split, gl.cdiv(K, BK * SUB) - k0)
+        STEP_BYTES: gl.constexpr = BN * BK // 2 + BM * BK * 2  # codes, then inputs, per 64-input sub-step
         for i in gl.static_range(STAGES - 1):
-            pred = i < steps
-            mbarrier.expect(ready.index(i), STEP_BYTES, pred=pred)
-            _tma_load(w_desc, [off_n, (k0 + i) * (BK // 8)], ready.index(i), w_bufs.index(i), pred=pred)
-            _tma_load(x_desc, [off_m, (k0 + i) * BK], ready.index(i), x_bufs.index(i), pred=pred)
+            _fill(i, steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, off_m, off_n, STAGES, SUB, STEP_BYTES)
 
         rows = off_n + gl.arange(0, BN, layout=ROWS)
         # prmt selector for byte c: result bytes (c, c, 4 + c, 4 + c)
         sel = 0x4400 + 0x1111 * gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, PAIRS)))
         s_row, z_row = _row_loads(s_ptr, z_ptr, rows, N, _group(k0, GROUP_STEPS), stride_sn, stride_zn, HAS_ZERO)
-        if PREFETCH:
-            mbarrier.wait(ready.index(0), 0)
-            words = w_bufs.index(0).load(WL)
+        if SUB == 1:
+            if PREFETCH:
+                mbarrier.wait(ready.index(0), 0)
+                words = w_bufs.index(0).load(WL)
+            else:
+                words = s_row  # unused
+            # the step's fixed arguments; then the carried ones: scales, zeros, words, accumulator and
+            # the pairs of the MMA in flight
+            fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
+            # The first step outside the loop: had the accumulator a path to the last wait that skips
+            # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
+            acc, p, s_row, z_row, words = _step(0, *fixed, s_row, z_row, words,
+                                                gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
+                                                gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n,
+                                                False, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+            # Unrolled by two: each step's A operand has its own registers, first written again only
+            # after the wait that retired the MMA reading them (a loop-carried operand would be
+            # rewritten while its MMA is in flight)
+            for j in range(1, steps - 1, 2):
+                acc, p1, s_row, z_row, words = _step(j, *fixed, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES,
+                                                     HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+                acc, p, s_row, z_row, words = _step(j + 1, *fixed, s_row, z_row, words, acc, p1, off_m, off_n, True,
+                                                    STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+            if steps % 2 == 0:
+                acc, p, s_row, z_row, words = _step(steps - 1, *fixed, s_row, z_row, words, acc, p, off_m, off_n, True,
+                                                    STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
+            acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         else:
-            words = s_row  # unused
-        # the step's fixed arguments; then the carried ones: scales, zeros, words, accumulator and
-        # the pairs of the MMA in flight
-        fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
-        # The first step outside the loop: had the accumulator a path to the last wait that skips
-        # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
-        acc, p, s_row, z_row, words = _step(0, *fixed, s_row, z_row, words,
-                                            gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout),
-                                            gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS), off_m, off_n,
-                                            False, STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
-        # Unrolled by two: each step's A operand has its own registers, first written again only
-        # after the wait that retired the MMA reading them (a loop-carried operand would be
-        # rewritten while its MMA is in flight)
-        for j in range(1, steps - 1, 2):
-            acc, p1, s_row, z_row, words = _step(j, *fixed, s_row, z_row, words, acc, p, off_m, off_n, True, STAGES,
-                                                 HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
-            acc, p, s_row, z_row, words = _step(j + 1, *fixed, s_row, z_row, words, acc, p1, off_m, off_n, True,
-                                                STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
-        if steps % 2 == 0:
-            acc, p, s_row, z_row, words = _step(steps - 1, *fixed, s_row, z_row, words, acc, p, off_m, off_n, True,
-                                                STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
-        acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
+            fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
+            zero_pairs = gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS)
+            acc, pa, pb, s_row, z_row = _step2(0, *fixed, s_row, z_row,
+                                               gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout), zero_pairs,
+                                               zero_pairs, off_m, off_n, False, STAGES, HAS_ZERO, GROUP_STEPS, DOT,
+                                               WL, STEP_BYTES)
+            for j in range(1, steps - 1, 2):
+                acc, pa1, pb1, s_row, z_row = _step2(j, *fixed, s_row, z_row, acc, pa, pb, off_m, off_n, True,
+                                                     STAGES, HAS_ZERO, GROUP_STEPS, DOT, WL, STEP_BYTES)
+                acc, pa, pb, s_row, z_row = _step2(j + 1, *fixed, s_row, z_row, acc, pa1, pb1, off_m, off_n, True,
+                                                   STAGES, HAS_ZERO, GROUP_STEPS, DOT, WL, STEP_BYTES)
+            if steps % 2 == 0:
+                acc, pa, pb, s_row, z_row = _step2(steps - 1, *fixed, s_row, z_row, acc, pa, pb, off_m, off_n, True,
+                                                   STAGES, HAS_ZERO, GROUP_STEPS, DOT, WL, STEP_BYTES)
+            acc, pa, pb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, pa, pb))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -287,19 +335,21 @@ def gluon_w4_fits(layout, x: torch.Tensor) -> bool:
             and tma_rows(x) and tma_rows(layout.packed))
 
 
-def split_ok(k: int, split_k: int) -> bool:
-    """Whether ``split_k`` splits of ``k`` inputs' K steps (``cdiv(steps, split_k)`` each) leave
-    none empty."""
-    steps = k // BLOCK_K
+def split_ok(k: int, split_k: int, sub: int = 1) -> bool:
+    """Whether ``split_k`` splits of ``k`` inputs' steps of ``sub``·64 (``cdiv(steps, split_k)``
+    each) leave none empty."""
+    steps = k // (BLOCK_K * sub)
     return 1 <= split_k <= steps and (split_k - 1) * -(-steps // split_k) < steps
 
 
 def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: int = 256, stages: int = 4,
-                   group_m: int = 8, warps: int = 8, split_k: int = 1, prefetch: bool = False) -> torch.Tensor:
+                   group_m: int = 8, warps: int = 8, split_k: int = 1, prefetch: bool = False,
+                   sub: int = 1) -> torch.Tensor:
     """``x (M, K)`` bf16 times the layer's 4-bit weight → ``(M, N)`` bf16: ``block_n`` weight rows
     per program over ``warps`` warps (16 rows each, repeated), ``block_m`` batch rows (the MMA's N,
     ≤ 256), K split ``split_k`` ways (float32 slices summed by a second launch: for layers whose
-    tiles alone leave SMs idle)."""
+    tiles alone leave SMs idle), ``prefetch``: each step's code words read during the step before,
+    ``sub``: 64-input sub-steps per pipeline step (2: K and groups in whole 128s; no prefetch)."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"this Triton has no Gluon: {_IMPORT_ERROR}")
     if block_n not in (64, 128, 256) or block_n % (16 * warps) or block_m not in (16, 32, 64, 128, 256):
@@ -309,8 +359,12 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: i
         raise ValueError("the Gluon W4A16 kernel takes 4-bit codes, bf16 inputs and scales, K and groups in "
                          f"whole {BLOCK_K}-input steps and 16-byte aligned rows")
     m, k = x.shape
-    if not split_ok(k, split_k):
-        raise ValueError(f"{k} inputs cannot be split {split_k} ways into non-empty runs of {BLOCK_K}-input steps")
+    step = BLOCK_K * sub
+    if sub not in (1, 2) or (sub == 2 and prefetch) or k % step or (layout.group_size > 0 and layout.group_size % step):
+        raise ValueError(f"{sub} sub-steps per step{' with prefetch' if prefetch else ''}: the kernel takes 1, or 2 "
+                         "(no prefetch) where K and the groups are whole multiples of 128")
+    if not split_ok(k, split_k, sub):
+        raise ValueError(f"{k} inputs cannot be split {split_k} ways into non-empty runs of {step}-input steps")
     n = layout.n
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     res = SplitOutput(m, n, x.dtype, x.device, split_k, tiles, self_reduce=False)
@@ -322,7 +376,7 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: i
         w_desc, x_desc, layout.scale, layout.zero_or_dummy, bias if bias is not None else res.out, res.out, res.ws,
         m, n, k, layout.stride_s, layout.stride_z, res.out.stride(0),
         PAIRS=_pair_layout(warps, block_n), HAS_ZERO=layout.has_zero, HAS_BIAS=bias is not None and split_k == 1,
-        STAGES=stages, GROUP_M=group_m, GROUP_STEPS=max(layout.group_size, 0) // BLOCK_K, SPLIT_K=split_k,
-        PREFETCH=prefetch, num_warps=warps)
+        STAGES=stages, GROUP_M=group_m, GROUP_STEPS=max(layout.group_size, 0) // step,
+        SPLIT_K=split_k, PREFETCH=prefetch, SUB=sub, num_warps=warps)
     return res.finish(bias, x.dtype)
 
