@@ -33,14 +33,14 @@ SCRIPT = textwrap.dedent('''
 
     report = {}
     # every config the dispatch offers (with and without K split and read-ahead)
-    for bn, bm, stages, warps, _, split, prefetch in dict.fromkeys(GLUON + sum(GLUON_SMALL.values(), ())):
+    for bn, bm, stages, warps, _, split, prefetch, sub in dict.fromkeys(GLUON + sum(GLUON_SMALL.values(), ())):
         wl = repr(gl.NVMMASharedLayout.get_default_for([bn, g.WORDS], gl.int32))
         xl = repr(gl.NVMMASharedLayout.get_default_for([bm, g.BLOCK_K], gl.bfloat16))
         sig = {"w_desc": f"tensordesc<i32[{bn}, {g.WORDS}],{wl}>", "x_desc": f"tensordesc<bf16[{bm}, {g.BLOCK_K}],{xl}>",
                "s_ptr": "*bf16", "z_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "ws_ptr": "*fp32", "M": "i32", "N": "i32",
                "K": "i32", "stride_sn": "i32", "stride_zn": "i32", "stride_om": "i32"}
         consts = {"PAIRS": g._pair_layout(warps, bn), "HAS_ZERO": True, "HAS_BIAS": True, "STAGES": stages,
-                  "GROUP_M": 8, "GROUP_STEPS": 2, "SPLIT_K": split, "PREFETCH": prefetch, "num_warps": warps}
+                  "GROUP_M": 8, "GROUP_STEPS": 2, "SPLIT_K": split, "PREFETCH": prefetch, "SUB": sub, "num_warps": warps}
         sig.update({c: "constexpr" for c in consts})
         names = list(sig)
         attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent('''
                     sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path + ".o"],
                                           capture_output=True, text=True).stdout
                     break
-        report[f"n{bn}m{bm}w{warps}s{split}" + ("pf" if prefetch else "")] = {
+        report[f"n{bn}m{bm}w{warps}s{split}" + ("pf" if prefetch else "") + ("u2" if sub == 2 else "")] = {
             "mma": sorted(set(re.findall(r"wgmma\\.mma_async\\.sync\\.aligned\\.([\\w.]+)", ptx))),
             "waits": sorted(set(re.findall(r"wgmma\\.wait_group\\.sync\\.aligned (\\d+)", ptx))),
             "prmt": ptx.count("prmt.b32"), "fma_bf16x2": ptx.count("fma.rn.bf16x2"),
@@ -119,10 +119,11 @@ def test_gluon_w4a16_kernel_compiles_for_sm90_with_mmas_in_flight():
     assert report["n128m256w8s4"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
     assert report["n128m256w8s2pf"]["mma"] == ["m64n256k16.f32.bf16.bf16"], report.keys()
     assert report["n64m16w4s4pf"]["mma"] == ["m64n16k16.f32.bf16.bf16"], report.keys()
+    assert report["n64m16w4s4u2"]["mma"] == ["m64n16k16.f32.bf16.bf16"], report.keys()
     assert report["n64m32w4s2pf"]["mma"] == ["m64n32k16.f32.bf16.bf16"], report.keys()
-    assert report["n64m64w4s1pf"]["mma"] == ["m64n64k16.f32.bf16.bf16"], report.keys()
+    assert report["n64m64w4s1u2"]["mma"] == ["m64n64k16.f32.bf16.bf16"], report.keys()
     for r in report.values():
-        assert "1" in r["waits"], r["waits"]              # one K step's MMAs stay in flight
+        assert {"1", "2"} & set(r["waits"]), r["waits"]   # one K step's MMAs (one or two sub-steps) stay in flight
         assert r["prmt"] > 0 and r["fma_bf16x2"] > 0      # the packed dequantization reached the PTX
         assert r["st_shared"] == 0 and r["ldmatrix"] == 0  # the tile is the MMA's operand as built
         assert r["smem"] <= 227 * 1024 and r["cubin_bytes"] > 0
@@ -141,7 +142,7 @@ def test_dispatch_offers_gluon_to_4_bit_layers_from_2_rows():
         pytest.skip("this Triton has no Gluon")
 
     def offered(m, bits=4):
-        return [(c.block_n, c.block_m, c.num_stages, c.num_warps, c.group_m, c.split_k, c.prefetch)
+        return [(c.block_n, c.block_m, c.num_stages, c.num_warps, c.group_m, c.split_k, c.prefetch, c.sub)
                 for c in candidates(m, bits) if c.path == "gluon"]
 
     assert offered(1) == []                                   # batch 1: the half2 GEMV

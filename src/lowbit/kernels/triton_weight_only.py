@@ -62,6 +62,7 @@ class KernelConfig:
     maxnreg: int | None = None  # gemv_half2 only: register cap per thread (more warps per SM)
     group_m: int = 8          # gluon only: batch tiles sharing each weight tile while it is in L2
     prefetch: bool = False    # gluon only: read the next step's code words while this step's MMAs run
+    sub: int = 1              # gluon only: 64-input sub-steps per pipeline step (2: K, groups in 128s)
 
     def label(self) -> str:
         if self.path == "dequant":
@@ -70,7 +71,8 @@ class KernelConfig:
         return (f"{self.path} n{self.block_n}{m}k{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}" + (" fx" if self.fuse_x else "")
                 + (f" r{self.maxnreg}" if self.maxnreg else "")
-                + (f" g{self.group_m}" if self.group_m != 8 else "") + (" pf" if self.prefetch else ""))
+                + (f" g{self.group_m}" if self.group_m != 8 else "") + (" pf" if self.prefetch else "")
+                + (f" u{self.sub}" if self.sub != 1 else ""))
 
 
 def batch_bucket(m: int) -> int:
@@ -204,20 +206,23 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
 
 
 # The Gluon kernel (4-bit, Hopper, bf16): (weight rows, batch rows, stages, warps, grouped batch
-# tiles, K split, code words read a step ahead), the configs that won in bench/w4a16_gluon_sweep.py
-# on the H100 (bench/results/w4a16-gluon-sweep-prefetch.md): two warpgroups sharing a 256-row batch
-# tile (the dequantization, paid per weight tile, spread over the most MMA work) from 256 rows,
-# 128-row batch tiles at 128 (reading ahead: 8-23% faster there), and K split 4 or 2 ways for
-# layers whose tiles alone leave SMs idle (14336×4096: 0.61 → 1.03× bf16 at 256 rows).
-GLUON = ((128, 256, 4, 8, 16, 1, True), (128, 128, 6, 8, 8, 1, True), (128, 256, 4, 8, 8, 4, False),
-         (128, 256, 4, 8, 8, 2, True))
-# Batches of 2-64 (bench/results/w4a16-gluon-sweep-small.md): 64-row weight tiles on one warpgroup,
-# batch tiles of 16-64 rows (the MMA's N), eight stages, K split two or four ways; 128-row tiles on
-# two warpgroups at 64 rows. Against the dispatch's earlier choices (pairs, the half2 GEMV): 1.1-1.2x
-# at batches 4-16, 1.1-1.3x at 64; the half2 GEMV keeps batch 2.
-GLUON_SMALL = {16: ((64, 16, 8, 4, 8, 4, True), (64, 16, 8, 4, 8, 2, True)),
-               32: ((64, 32, 8, 4, 8, 2, True), (64, 64, 6, 4, 8, 2, True), (128, 64, 6, 8, 8, 1, True)),
-               64: ((64, 64, 6, 4, 8, 1, True), (128, 64, 6, 8, 8, 1, True), (64, 64, 6, 4, 8, 2, True))}
+# tiles, K split, code words read a step ahead, 64-input sub-steps per step), the configs that won
+# in bench/w4a16_gluon_sweep.py on the H100 (bench/results/w4a16-gluon-sweep-prefetch.md): two
+# warpgroups sharing a 256-row batch tile (the dequantization, paid per weight tile, spread over
+# the most MMA work) from 256 rows, 128-row batch tiles at 128 (reading ahead: 8-23% faster
+# there), and K split 4 or 2 ways for layers whose tiles alone leave SMs idle (14336×4096: 0.61 →
+# 1.03× bf16 at 256 rows).
+GLUON = ((128, 256, 4, 8, 16, 1, True, 1), (128, 128, 6, 8, 8, 1, True, 1), (128, 256, 4, 8, 8, 4, False, 1),
+         (128, 256, 4, 8, 8, 2, True, 1))
+# Batches of 2-64 (bench/results/w4a16-gluon-sweep-small.md, -sub2.md): 64-row weight tiles on one
+# warpgroup, batch tiles of 16-64 rows (the MMA's N), K split two or four ways; 128-row tiles on
+# two warpgroups at 64 rows. Two 64-input sub-steps per pipeline step (one barrier wait, refill and
+# scale load per 128 inputs) won at 16 and 64 rows (2-16%), lost from 128 (fewer stages fit); the
+# one-sub-step configs stay for layers with K or groups not in 128s. Against the dispatch's earlier
+# choices (pairs, the half2 GEMV): 1.1-1.3x at batches 4-64; the half2 GEMV keeps batch 2.
+GLUON_SMALL = {16: ((64, 16, 4, 4, 8, 4, False, 2), (64, 16, 4, 4, 8, 2, False, 2), (64, 16, 8, 4, 8, 4, True, 1)),
+               32: ((64, 32, 8, 4, 8, 2, True, 1), (64, 64, 6, 4, 8, 2, True, 1), (128, 64, 6, 8, 8, 1, True, 1)),
+               64: ((64, 64, 3, 4, 8, 1, False, 2), (128, 64, 6, 8, 8, 1, True, 1), (64, 64, 6, 4, 8, 2, True, 1))}
 
 
 def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -226,7 +231,7 @@ def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
         return []
     table = GLUON if b > 64 else GLUON_SMALL[max(16, b)]
     return [KernelConfig("gluon", block_n=bn, block_m=bm, block_k=gluon_w4a16_mm.BLOCK_K, split_k=sk, num_warps=w,
-                         num_stages=st, group_m=g, prefetch=pf) for bn, bm, st, w, g, sk, pf in table]
+                         num_stages=st, group_m=g, prefetch=pf, sub=u) for bn, bm, st, w, g, sk, pf, u in table]
 
 
 def pairs_configs(b: int, bits: int) -> list[KernelConfig]:
@@ -279,7 +284,7 @@ def run_config(x2: torch.Tensor, layout: WeightLayout, bias, cfg: KernelConfig) 
             x2 = x2.contiguous()  # a batch with other strides than the tuned one's
         return gluon_w4a16_mm.w4a16_mm_gluon(x2, layout, bias, cfg.block_n, cfg.block_m, cfg.num_stages,
                                              group_m=cfg.group_m, warps=cfg.num_warps, split_k=cfg.split_k,
-                                             prefetch=cfg.prefetch)
+                                             prefetch=cfg.prefetch, sub=cfg.sub)
     if cfg.path == "dequant":
         return F.linear(x2, dequantize(layout, x2.dtype), None if bias is None else bias.to(x2.dtype))
     raise ValueError(f"unknown kernel path {cfg.path!r}")
