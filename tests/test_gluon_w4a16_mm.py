@@ -184,6 +184,43 @@ def test_gluon_path_refuses_what_it_cannot_run():
     assert not g.gluon_w4_fits(WeightLayout.of(narrow), x)    # a partial 128-row weight tile
 
 
+def test_gluon_split_and_sub_step_checks():
+    """The host refuses, before any launch, K splits that would leave a split empty and two
+    sub-steps per step where K or the groups are not whole 128s (or with read-ahead)."""
+    from lowbit.algorithms.quantized_weight import QuantizedWeight
+    from lowbit.formats import FormatSpec
+    from lowbit.kernels import gluon_w4a16_mm as g
+    from lowbit.kernels.triton_layout import WeightLayout
+    from lowbit.modules import QuantLinear
+
+    # 224 steps of 64 (14336 inputs): 3 splits of 75, 75, 74; 64 steps: at most 64 splits
+    assert g.split_ok(14336, 3) and g.split_ok(14336, 4) and g.split_ok(4096, 64)
+    assert not g.split_ok(4096, 65) and not g.split_ok(4096, 0)
+    assert g.split_ok(64 * 10, 4)             # runs of 3: 3 + 3 + 3 + 1
+    assert not g.split_ok(64 * 9, 4)          # runs of 3: 3 + 3 + 3 + 0, the last split empty
+    assert g.split_ok(128 * 8, 4, sub=2) and not g.split_ok(128 * 3, 4, sub=2)
+
+    def layer(k, group):
+        codes = torch.randint(0, 16, (128, k), dtype=torch.uint8)
+        groups = k // group if group > 0 else 1
+        return WeightLayout.of(QuantLinear.from_quantized(QuantizedWeight(
+            codes, torch.rand(128, groups).bfloat16(), torch.randint(0, 16, (128, groups), dtype=torch.int32),
+            FormatSpec(bits=4, sym=False, group_size=group))))
+
+    x = torch.randn(4, 192).bfloat16()
+    with pytest.raises(ValueError, match="whole multiples of 128"):
+        g.w4a16_mm_gluon(x, layer(192, 64), None, block_n=64, block_m=16, warps=4, sub=2)   # K = 3·64
+    x = torch.randn(4, 256).bfloat16()
+    with pytest.raises(ValueError, match="whole multiples of 128"):
+        g.w4a16_mm_gluon(x, layer(256, 64), None, block_n=64, block_m=16, warps=4, sub=2)   # groups of 64
+    with pytest.raises(ValueError, match="with prefetch"):
+        g.w4a16_mm_gluon(x, layer(256, 128), None, block_n=64, block_m=16, warps=4, sub=2, prefetch=True)
+    with pytest.raises(ValueError, match="cannot be split 3 ways"):
+        g.w4a16_mm_gluon(x, layer(256, 128), None, block_n=64, block_m=16, warps=4, split_k=3, sub=2)
+    with pytest.raises(ValueError, match="batch rows"):
+        g.w4a16_mm_gluon(x, layer(256, 128), None, block_n=64, block_m=8, warps=4)
+
+
 def test_gluon_kernel_runs_on_hopper_only(monkeypatch):
     from types import SimpleNamespace
 
