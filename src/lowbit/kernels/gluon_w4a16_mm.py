@@ -1,4 +1,4 @@
-"""4-bit weight-only GEMM in Gluon for Hopper at large batches, on the checkpoint layout.
+"""4-bit weight-only GEMM in Gluon for Hopper, batches of 2 and more, on the checkpoint layout.
 
 ``out^T = W · x^T`` as the Triton tensor-core kernels compute it (the weight tile is the MMA's
 first operand), but with the weight tile fed to ``wgmma`` straight from registers and the inputs'
@@ -26,6 +26,21 @@ tile from shared memory, so the dequantization never goes through shared memory:
   step's operand has its own registers, written again only after the wait that retired the MMA
   reading them (``tests/test_gluon_w4a16_mm.py`` scans the K loop's SASS for such writes).
 
+Tiles: 64 (one warpgroup), 128 or 256 weight rows by 16–256 batch rows (the MMA's N). Options the
+dispatch tunes (each measured in ``bench/results/w4a16-gluon-sweep-*.md``):
+
+- ``split_k``: programs take runs of K steps and write float32 slices that ``reduce_partials``
+  sums (layers whose tiles alone leave SMs idle: 14336×4096 at 256 rows 0.61 → 1.03× bf16);
+- ``prefetch``: each step's code words are read from shared memory during the step before (the
+  words' load latency was the second-largest stall in the ncu profile; 8–23% at 128-row batch tiles);
+- ``sub = 2``: two 64-input sub-steps per pipeline step, so the barrier wait, the refill and the
+  scale loads are paid once per 128 inputs (2–16% at batches of 16–64; fewer stages fit at large
+  batches, where it loses).
+
+Scales and zeros are loaded a step before their arithmetic, and the group of a step is a
+compile-time count of steps per group (a division per step, and the arithmetic placed beside its
+loads, waited on ~9% of the time in the profile, ``bench/results/w4a16-gluon-ncu.txt``).
+
 Measured against dequantizing into shared memory and feeding both operands from there
 (``bench/results/w4a16-gluon-sweep.md`` against ``-ss.md``): 1–7% faster at 256–4096 rows. In a
 probe of that shared-memory version, the kernel without the dequantization (MMAs and data movement
@@ -33,9 +48,9 @@ only) ran at bf16 ``F.linear``'s speed: the dequantization, in the MMA warps and
 behind the step in flight, costs the remaining 25–35% at large batches (``docs/KERNELS.md``).
 
 Scales are in bfloat16 like the activations (float16 is left to the Triton kernels), zero points
-int32 or symmetric (8), one group per K step (groups a multiple of 64, or per channel), output
-features in whole 128-row tiles (``gluon_w4_fits``). Compiles
-for Hopper only; ``available()`` says whether this Triton has Gluon.
+int32 or symmetric (8), one group per K step (groups a multiple of 64, or of 128 with ``sub = 2``,
+or per channel), output features a multiple of 128 (``gluon_w4_fits``). Compiles for Hopper only;
+``available()`` says whether this Triton has Gluon.
 """
 from __future__ import annotations
 
