@@ -44,7 +44,11 @@ CONFIGS = [(128, 256, 4, 8, 8), (128, 256, 3, 8, 8), (128, 256, 5, 8, 8), (128, 
            # two 64-input sub-steps per pipeline step: barriers, copies issued and scale loads once per 128
            (64, 16, 4, 8, 4, 4, False, 2), (64, 16, 4, 8, 4, 2, False, 2), (64, 64, 3, 8, 4, 1, False, 2),
            (128, 64, 3, 8, 8, 1, False, 2), (128, 128, 3, 8, 8, 1, False, 2), (128, 256, 3, 16, 8, 1, False, 2),
-           (128, 256, 2, 16, 8, 1, False, 2)]
+           (128, 256, 2, 16, 8, 1, False, 2),
+           # small batches with two sub-steps: deeper pipelines, more splits, 32-row batch tiles
+           (64, 16, 6, 8, 4, 4, False, 2), (64, 16, 8, 8, 4, 4, False, 2), (64, 16, 4, 8, 4, 8, False, 2),
+           (64, 16, 6, 8, 4, 2, False, 2), (64, 32, 4, 8, 4, 2, False, 2), (64, 32, 6, 8, 4, 2, False, 2),
+           (64, 32, 4, 8, 4, 4, False, 2), (64, 64, 4, 8, 4, 1, False, 2), (64, 64, 4, 8, 4, 2, False, 2)]
 
 
 def kernels(pick) -> list:

@@ -214,15 +214,16 @@ def frag_configs(b: int, bits: int) -> list[KernelConfig]:
 # 1.03× bf16 at 256 rows).
 GLUON = ((128, 256, 4, 8, 16, 1, True, 1), (128, 128, 6, 8, 8, 1, True, 1), (128, 256, 4, 8, 8, 4, False, 1),
          (128, 256, 4, 8, 8, 2, True, 1))
-# Batches of 2-64 (bench/results/w4a16-gluon-sweep-small.md, -sub2.md): 64-row weight tiles on one
-# warpgroup, batch tiles of 16-64 rows (the MMA's N), K split two or four ways; 128-row tiles on
-# two warpgroups at 64 rows. Two 64-input sub-steps per pipeline step (one barrier wait, refill and
-# scale load per 128 inputs) won at 16 and 64 rows (2-16%), lost from 128 (fewer stages fit); the
-# one-sub-step configs stay for layers with K or groups not in 128s. Against the dispatch's earlier
-# choices (pairs, the half2 GEMV): 1.1-1.3x at batches 4-64; the half2 GEMV keeps batch 2.
+# Batches of 2-64 (bench/results/w4a16-gluon-sweep-small.md, -sub2.md, -sub2-small.md): 64-row
+# weight tiles on one warpgroup, batch tiles of 16-64 rows (the MMA's N), K split two or four ways.
+# Two 64-input sub-steps per pipeline step (one barrier wait, refill and scale load per 128 inputs)
+# won at 16-64 rows (2-16%; deeper pipelines and eight-way splits did not help), lost from 128
+# (fewer stages fit); a one-sub-step config stays in each bucket for layers whose K or groups are
+# not whole 128s. Against the dispatch's earlier choices (pairs, planes, the half2 GEMV): 1.1-1.3x
+# at batches 4-64; the half2 GEMV keeps batch 2.
 GLUON_SMALL = {16: ((64, 16, 4, 4, 8, 4, False, 2), (64, 16, 4, 4, 8, 2, False, 2), (64, 16, 8, 4, 8, 4, True, 1)),
-               32: ((64, 32, 8, 4, 8, 2, True, 1), (64, 64, 6, 4, 8, 2, True, 1), (128, 64, 6, 8, 8, 1, True, 1)),
-               64: ((64, 64, 3, 4, 8, 1, False, 2), (128, 64, 6, 8, 8, 1, True, 1), (64, 64, 6, 4, 8, 2, True, 1))}
+               32: ((64, 32, 4, 4, 8, 4, False, 2), (64, 32, 4, 4, 8, 2, False, 2), (64, 32, 8, 4, 8, 2, True, 1)),
+               64: ((64, 64, 4, 4, 8, 1, False, 2), (64, 64, 4, 4, 8, 2, False, 2), (128, 64, 6, 8, 8, 1, True, 1))}
 
 
 def gluon_configs(b: int, bits: int) -> list[KernelConfig]:
