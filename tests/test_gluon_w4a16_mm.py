@@ -219,6 +219,8 @@ def test_gluon_split_and_sub_step_checks():
         g.w4a16_mm_gluon(x, layer(256, 128), None, block_n=64, block_m=16, warps=4, split_k=3, sub=2)
     with pytest.raises(ValueError, match="batch rows"):
         g.w4a16_mm_gluon(x, layer(256, 128), None, block_n=64, block_m=8, warps=4)
+    with pytest.raises(ValueError, match="2 stages"):
+        g.w4a16_mm_gluon(x, layer(256, 128), None, block_n=64, block_m=16, warps=4, stages=2, prefetch=True)
 
 
 def test_gluon_kernel_runs_on_hopper_only(monkeypatch):

@@ -174,7 +174,6 @@ if _IMPORT_ERROR is None:
         ``words`` too, read during the step before), issue its MMAs, retire the step before's
         (``p_prev`` its A operand's pairs) and refill that step's stage. Returns the accumulator,
         this step's A operand, the next step's scales and zeros (loads in flight) and words."""
-        BK: gl.constexpr = x_desc.block_type.shape[1]
         s = j % STAGES
         nzz, ss = _row_pairs(s_row, z_row)
         # the next step's scales and zeros a step ahead: their loads' latency hides behind this step
@@ -370,6 +369,9 @@ def w4a16_mm_gluon(x: torch.Tensor, layout, bias, block_n: int = 128, block_m: i
     if block_n not in (64, 128, 256) or block_n % (16 * warps) or block_m not in (16, 32, 64, 128, 256):
         raise ValueError(f"tiles of {block_n} weight rows on {warps} warps by {block_m} batch rows: the kernel takes "
                          "64, 128 or 256 weight rows, a multiple of 16 per warp, and 16–256 batch rows")
+    if stages < (3 if prefetch else 2):
+        # reading a step ahead waits on the next stage before this step refills the one before it
+        raise ValueError(f"{stages} stages: the kernel needs 2, and 3 when it reads the code words a step ahead")
     if not gluon_w4_fits(layout, x):
         raise ValueError("the Gluon W4A16 kernel takes 4-bit codes, bf16 inputs and scales, K and groups in "
                          f"whole {BLOCK_K}-input steps and 16-byte aligned rows")
