@@ -125,11 +125,12 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("gemv_planes", block_n=32, unroll=4, split_k=4, num_warps=4, num_stages=1),
             KernelConfig("planes", block_n=64, block_m=16, split_k=4, num_stages=4),
         ]
-    small = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
-                          num_stages=1, fuse_x=fx)
-             for bn, bk, s, w, fx in HALF2_SMALL.get(b, [])] if bits == 4 else []
-    small += frag_configs(b, bits) + gluon_configs(b, bits)
+    # the layouts' own kernels (opt-in fragment copy, Gluon on Hopper) first in every bucket
+    first = frag_configs(b, bits) + gluon_configs(b, bits)
     if b <= 64:
+        small = [KernelConfig("gemv_half2", block_n=bn, block_k=bk, unroll=2, split_k=s, num_warps=w,
+                              num_stages=1, fuse_x=fx)
+                 for bn, bk, s, w, fx in HALF2_SMALL.get(b, [])] if bits == 4 else []
         bm = max(16, b)
         planes = [
             KernelConfig("planes", block_n=64, block_m=bm, split_k=1, num_stages=4),
@@ -138,12 +139,12 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("planes", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=32, block_m=bm, split_k=2, num_stages=4),
         ]
-        return small + planes + pairs_configs(b, bits) + [
+        return small + first + planes + pairs_configs(b, bits) + [
             KernelConfig("mma", block_n=64, block_m=bm, split_k=4, num_stages=4),
             KernelConfig("mma", block_n=128, block_m=bm, split_k=4, num_warps=8, num_stages=3),
         ]
     if b <= 256:
-        return frag_configs(b, bits) + gluon_configs(b, bits) + [
+        return first + [
             KernelConfig("planes", block_n=128, block_m=64, num_warps=4, num_stages=4),
             KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
             KernelConfig("planes", block_n=64, block_m=128, num_warps=4, num_stages=4),
@@ -153,7 +154,7 @@ def candidates(m: int, bits: int = 4) -> list[KernelConfig]:
             KernelConfig("mma", block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3),
             KernelConfig("dequant"),
         ] + pairs_configs(b, bits)
-    return frag_configs(b, bits) + gluon_configs(b, bits) + pairs_configs(b, bits) + [
+    return first + pairs_configs(b, bits) + [
         KernelConfig("planes", block_n=128, block_m=128, num_warps=8, num_stages=3),
         KernelConfig("mma", block_n=128, block_m=256, block_k=64, num_warps=8, num_stages=3),
         KernelConfig("dequant"),
