@@ -262,15 +262,15 @@ if _IMPORT_ERROR is None:
         # prmt selector for byte c: result bytes (c, c, 4 + c, 4 + c)
         sel = 0x4400 + 0x1111 * gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, PAIRS)))
         s_row, z_row = _row_loads(s_ptr, z_ptr, rows, N, _group(k0, GROUP_STEPS), stride_sn, stride_zn, HAS_ZERO)
+        # the steps' fixed arguments; then the carried ones: scales, zeros, (words,) accumulator and
+        # the pairs of the MMAs in flight
+        fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
         if SUB == 1:
             if PREFETCH:
                 mbarrier.wait(ready.index(0), 0)
                 words = w_bufs.index(0).load(WL)
             else:
                 words = s_row  # unused
-            # the step's fixed arguments; then the carried ones: scales, zeros, words, accumulator and
-            # the pairs of the MMA in flight
-            fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
             # The first step outside the loop: had the accumulator a path to the last wait that skips
             # every MMA (an empty loop), ptxas would serialize all the kernel's wgmmas (its C7515).
             acc, p, s_row, z_row, words = _step(0, *fixed, s_row, z_row, words,
@@ -290,7 +290,6 @@ if _IMPORT_ERROR is None:
                                                     STAGES, HAS_ZERO, GROUP_STEPS, PREFETCH, DOT, WL, STEP_BYTES)
             acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
         else:
-            fixed = (steps, k0, w_desc, x_desc, w_bufs, x_bufs, ready, s_ptr, z_ptr, rows, N, stride_sn, stride_zn, sel)
             zero_pairs = gl.zeros((BN, BK // 8, 4), dtype=gl.int32, layout=PAIRS)
             acc, pa, pb, s_row, z_row = _step2(0, *fixed, s_row, z_row,
                                                gl.zeros((BN, BM), dtype=gl.float32, layout=acc_layout), zero_pairs,
